@@ -1,0 +1,1 @@
+"""Device types and their manifests."""

@@ -1,0 +1,1 @@
+"""Users: profiles, per-application user properties, and user lifecycle (create, delete)."""

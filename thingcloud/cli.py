@@ -1,0 +1,219 @@
+"""The ``thingcloud`` command: serve, migrate, openapi, and administration of users and applications.
+
+Every command calls the same service functions as the REST API, through a ``Runtime`` built from the
+same settings (environment variables, overridden by flags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import typer
+
+from thingcloud.settings import Settings
+
+T = TypeVar("T")
+
+cli = typer.Typer(help="ThingCloud: an ARTIK Cloud-compatible IoT cloud.", no_args_is_help=True)
+users_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+apps_cli = typer.Typer(help="Manage OAuth2 client applications.", no_args_is_help=True)
+cli.add_typer(users_cli, name="users")
+cli.add_typer(apps_cli, name="apps")
+
+DatabaseOption = typer.Option(None, "--database-url", help="SQLAlchemy URL (env THINGCLOUD_DATABASE_URL)")
+
+
+def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
+    settings = Settings()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if database_url:
+        changes["database_url"] = database_url
+    return settings.model_copy(update=changes) if changes else settings
+
+
+def _with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(rt)`` against a migrated database; service errors become a message and exit 1."""
+    from thingcloud.errors import ApiError
+    from thingcloud.migrate import migrate
+    from thingcloud.runtime import Runtime
+
+    async def run() -> T:
+        rt = Runtime.build(settings)
+        try:
+            await migrate(rt.db)
+            return await work(rt)
+        finally:
+            await rt.close()
+
+    try:
+        return asyncio.run(run())
+    except ApiError as exc:
+        typer.echo(json.dumps(exc.body()), err=True)
+        raise typer.Exit(1) from None
+
+
+def _print(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="Port to listen on (default 8080)"),
+    database_url: str = DatabaseOption,
+    public_url: str = typer.Option(None, help="Externally visible base URL"),
+) -> None:
+    """Apply migrations and serve the API."""
+    import socket
+
+    import uvicorn
+
+    from thingcloud.app import create_app
+    from thingcloud.logs import configure_logging
+
+    settings = _settings(database_url, host=host, port=port, public_url=public_url)
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        with socket.create_server((settings.host, settings.port), reuse_port=False):
+            pass
+    except OSError as exc:
+        typer.echo(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    import logging
+
+    logging.getLogger("thingcloud").info(
+        "listening on http://%s:%s",
+        settings.host,
+        settings.port,
+        extra={"fields": {"public_url": settings.public_base}},
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        server_header=False,
+    )
+
+
+@cli.command()
+def migrate(database_url: str = DatabaseOption) -> None:
+    """Apply database migrations (safe to run from several nodes at once)."""
+    from thingcloud.migrate import current_revision
+
+    async def work(rt: Any) -> str | None:
+        return await current_revision(rt.db)
+
+    revision = _with_runtime(_settings(database_url), work)
+    typer.echo(f"database at revision {revision}")
+
+
+@cli.command()
+def openapi() -> None:
+    """Print the OpenAPI document without starting a server."""
+    from thingcloud.app import create_app
+
+    sys.stdout.write(json.dumps(create_app(Settings()).openapi(), indent=1) + "\n")
+
+
+@users_cli.command("create")
+def users_create(
+    email: str = typer.Option(...),
+    password: str = typer.Option(..., prompt=True, hide_input=True),
+    name: str = typer.Option(None, help="User name (default: from the email)"),
+    full_name: str = typer.Option(None),
+    admin: bool = typer.Option(False, help="Make the user an administrator"),
+    database_url: str = DatabaseOption,
+) -> None:
+    """Create a user and print it as JSON."""
+    from thingcloud.areas.users import service
+
+    async def work(rt: Any) -> Any:
+        return await service.create_user(rt, email, password, name, full_name, is_admin=admin)
+
+    user = _with_runtime(_settings(database_url), work)
+    _print({"id": user.id, "email": user.email, "name": user.name, "fullName": user.fullName})
+
+
+@users_cli.command("set-password")
+def users_set_password(
+    email: str = typer.Option(...),
+    password: str = typer.Option(..., prompt=True, hide_input=True),
+    database_url: str = DatabaseOption,
+) -> None:
+    """Set a user's password (ends their browser sessions)."""
+    from thingcloud.areas.users import service
+
+    async def work(rt: Any) -> Any:
+        return await service.set_password(rt, email, password)
+
+    user = _with_runtime(_settings(database_url), work)
+    _print({"id": user.id, "email": user.email})
+
+
+@users_cli.command("delete")
+def users_delete(email: str = typer.Option(...), database_url: str = DatabaseOption) -> None:
+    """Delete a user and everything the user owns."""
+    from thingcloud.areas.users import service
+
+    async def work(rt: Any) -> Any:
+        return await service.delete_user(rt, email)
+
+    user = _with_runtime(_settings(database_url), work)
+    _print({"id": user.id, "email": user.email, "deleted": True})
+
+
+@apps_cli.command("create")
+def apps_create(
+    name: str = typer.Option(...),
+    owner: str = typer.Option(..., help="Email of the owning user"),
+    redirect_uri: list[str] = typer.Option(..., help="Registered redirect URI (repeatable)"),
+    password_grant: bool = typer.Option(False, "--password-grant", help="Allow the password grant"),
+    permissions: str = typer.Option(
+        None,
+        help="Narrow the default READ+WRITE on everything, e.g. 'profile:READ;devicetypes:*:READ'",
+    ),
+    database_url: str = DatabaseOption,
+) -> None:
+    """Register an OAuth2 application and print its client_id and client_secret."""
+    from thingcloud.areas.users import service as users
+    from thingcloud.auth import applications as apps
+    from thingcloud.errors import UserNotFound
+
+    async def work(rt: Any) -> Any:
+        user = await users.find_user_by_email(rt, owner)
+        if user is None:
+            raise UserNotFound(f"No user with email {owner}")
+        return await apps.create_application(
+            rt,
+            name,
+            user["id"],
+            redirect_uri,
+            password_grant,
+            permissions=apps.parse_permissions(permissions),
+        )
+
+    app, secret = _with_runtime(_settings(database_url), work)
+    _print({**app.public(), "client_secret": secret})
+
+
+@apps_cli.command("rotate-secret")
+def apps_rotate_secret(client_id: str = typer.Argument(...), database_url: str = DatabaseOption) -> None:
+    """Replace an application's client secret; the old one stops working at once."""
+    from thingcloud.auth import applications as apps
+
+    async def work(rt: Any) -> Any:
+        return await apps.rotate_secret(rt, client_id)
+
+    app, secret = _with_runtime(_settings(database_url), work)
+    _print({"client_id": app.id, "client_secret": secret})
+
+
+def main() -> None:
+    cli()

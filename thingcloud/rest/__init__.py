@@ -1,0 +1,1 @@
+"""The REST channel: middleware, error rendering, authentication dependencies and envelopes."""

@@ -1,0 +1,65 @@
+"""The running cloud's shared parts, handed to every service function as ``rt``.
+
+``create_app`` builds one ``Runtime`` from the settings; the CLI builds one too, so REST, the CLI and
+(later) WebSocket, MQTT and jobs call the same services with the same parts. Nothing here is created
+at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from thingcloud.auth.crypto import SecretBox
+from thingcloud.auth.throttle import LoginThrottle
+from thingcloud.bus import Bus, InProcessBus
+from thingcloud.clock import Clock, SystemClock
+from thingcloud.db import Database
+from thingcloud.ratelimit import CounterStore, MemoryCounters, RateLimiter, RedisCounters
+from thingcloud.settings import Settings
+
+if TYPE_CHECKING:
+    from thingcloud.auth.tokens import TokenCache
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    clock: Clock
+    bus: Bus
+    box: SecretBox
+    limiter: RateLimiter
+    token_cache: TokenCache = field(init=False)
+    login_throttle: LoginThrottle = field(init=False)
+
+    def __post_init__(self) -> None:
+        from thingcloud.auth.tokens import TokenCache
+
+        self.token_cache = TokenCache(self.clock)
+        s = self.settings
+        self.login_throttle = LoginThrottle(
+            self.clock, s.login_failures_per_account, s.login_failures_per_address, s.login_failure_window
+        )
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock | None = None, bus: Bus | None = None) -> Runtime:
+        clock = clock or SystemClock()
+        store: CounterStore = RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters()
+        return cls(
+            settings=settings,
+            db=Database(settings),
+            clock=clock,
+            bus=bus or InProcessBus(),
+            box=SecretBox(settings.resolved_secret_key()),
+            limiter=RateLimiter(settings.rate_limits, clock, store),
+        )
+
+    async def start(self) -> None:
+        await self.bus.start()
+        await self.token_cache.attach(self.bus)
+
+    async def close(self) -> None:
+        await self.bus.close()
+        await self.limiter.store.close()
+        await self.db.close()
