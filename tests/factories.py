@@ -73,7 +73,9 @@ def create_account(live: LiveServer, email: str | None = None, password: str = P
     return live.call(work)
 
 
-def password_token(live: LiveServer, app: App, email: str, password: str = PASSWORD, **form: str) -> dict[str, Any]:
+def password_token(
+    live: LiveServer, app: App, email: str, password: str = PASSWORD, **form: str
+) -> dict[str, Any]:
     response = httpx.post(
         f"{live.url}/token",
         data={"grant_type": "password", "username": email, "password": password, **form},
@@ -94,7 +96,9 @@ def make_user(live: LiveServer, app: App | None = None, **kw: Any) -> TestUser:
 
 def app_token(live: LiveServer, app: App) -> str:
     response = httpx.post(
-        f"{live.url}/token", data={"grant_type": "client_credentials"}, auth=(app.client_id, app.client_secret)
+        f"{live.url}/token",
+        data={"grant_type": "client_credentials"},
+        auth=(app.client_id, app.client_secret),
     )
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]

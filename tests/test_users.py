@@ -20,7 +20,12 @@ def test_self_returns_profile(live: LiveServer, client: httpx.Client) -> None:
 
 
 def test_self_requires_a_valid_token(client: httpx.Client) -> None:
-    for headers in ({}, {"Authorization": "Bearer nothex"}, {"Authorization": "Bearer " + "a" * 32}, {"Authorization": "Basic abc"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nothex"},
+        {"Authorization": "Bearer " + "a" * 32},
+        {"Authorization": "Basic abc"},
+    ):
         response = client.get("/v1.1/users/self", headers=headers)
         assert response.status_code == 401
         error = response.json()["error"]
@@ -41,7 +46,11 @@ def test_properties_lifecycle(live: LiveServer, client: httpx.Client) -> None:
     user = make_user(live)
     url = f"/v1.1/users/{user.id}/properties"
     assert client.get(url, headers=user.headers).status_code == 404
-    created = client.post(url, headers=user.headers, json={"aid": user.app.client_id, "properties": '{"a":1}', "uid": None, "extra": 1})
+    created = client.post(
+        url,
+        headers=user.headers,
+        json={"aid": user.app.client_id, "properties": '{"a":1}', "uid": None, "extra": 1},
+    )
     assert created.status_code == 200, created.text
     assert created.json() == {"data": {"uid": user.id, "aid": user.app.client_id, "properties": '{"a":1}'}}
     again = client.post(url, headers=user.headers, json={"aid": user.app.client_id, "properties": "x"})
@@ -49,7 +58,10 @@ def test_properties_lifecycle(live: LiveServer, client: httpx.Client) -> None:
     assert client.get(url, headers=user.headers).json()["data"]["properties"] == '{"a":1}'
     updated = client.put(url, headers=user.headers, json={"aid": user.app.client_id, "properties": "v2"})
     assert updated.json()["data"]["properties"] == "v2"
-    assert client.get(url, headers=user.headers, params={"aid": user.app.client_id}).json()["data"]["properties"] == "v2"
+    assert (
+        client.get(url, headers=user.headers, params={"aid": user.app.client_id}).json()["data"]["properties"]
+        == "v2"
+    )
     deleted = client.delete(url, headers=user.headers)
     assert deleted.json() == {"data": {"uid": user.id, "aid": user.app.client_id, "properties": ""}}
     assert client.get(url, headers=user.headers).status_code == 404
@@ -109,7 +121,9 @@ def test_properties_bad_input(live: LiveServer, client: httpx.Client) -> None:
         assert error["code"] == 4001
         assert error["errors"][0][0]["field"] == field
         assert error["errors"][0][0]["message"] == error["errors"][0][0]["messages"]
-    malformed = client.post(url, headers={**user.headers, "Content-Type": "application/json"}, content=b"{nope")
+    malformed = client.post(
+        url, headers={**user.headers, "Content-Type": "application/json"}, content=b"{nope"
+    )
     assert malformed.status_code == 400
     assert malformed.json()["error"]["code"] == 4001
     assert client.get(url, headers=user.headers).status_code == 404
