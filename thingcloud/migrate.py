@@ -49,7 +49,13 @@ async def migrate(db: Database, revision: str = "head") -> None:
         lock_path = Path(database + ".migrate.lock") if database not in ("", ":memory:") else None
         with _file_lock(lock_path):
             async with db.engine.connect() as conn:
+                # Alembic's batch mode rebuilds a table by copy, drop and rename; with foreign keys on,
+                # the drop would cascade-delete the rows that reference it.
+                await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                await conn.commit()
                 await conn.run_sync(_upgrade, revision)
+                await conn.commit()
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                 await conn.commit()
         return
     async with db.engine.connect() as conn:

@@ -19,6 +19,7 @@ from thingcloud.ratelimit import CounterStore, MemoryCounters, RateLimiter, Redi
 from thingcloud.settings import Settings
 
 if TYPE_CHECKING:
+    from thingcloud.areas.devicetypes.service import ManifestCache
     from thingcloud.auth.tokens import TokenCache
 
 
@@ -32,11 +33,14 @@ class Runtime:
     limiter: RateLimiter
     token_cache: TokenCache = field(init=False)
     login_throttle: LoginThrottle = field(init=False)
+    manifests: ManifestCache = field(init=False)
 
     def __post_init__(self) -> None:
+        from thingcloud.areas.devicetypes.service import ManifestCache
         from thingcloud.auth.tokens import TokenCache
 
         self.token_cache = TokenCache(self.clock)
+        self.manifests = ManifestCache()
         s = self.settings
         self.login_throttle = LoginThrottle(
             self.clock, s.login_failures_per_account, s.login_failures_per_address, s.login_failure_window
@@ -58,6 +62,7 @@ class Runtime:
     async def start(self) -> None:
         await self.bus.start()
         await self.token_cache.attach(self.bus)
+        await self.manifests.attach(self.bus)
 
     async def close(self) -> None:
         await self.bus.close()

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData(
@@ -58,6 +59,7 @@ applications = Table(
     Column("password_grant", Boolean, nullable=False, default=False),
     Column("first_party", Boolean, nullable=False, default=False),
     Column("permissions", JSON, nullable=False),
+    Column("oid", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=True, index=True),
     Column("created_on", BigInteger, nullable=False),
     Column("modified_on", BigInteger, nullable=False),
 )
@@ -135,3 +137,117 @@ user_properties = Table(
 )
 
 Index("ix_tokens_kind_did", tokens.c.kind, tokens.c.did)
+
+# --- Registry: organizations, device types, manifests, devices, shares, status ---------------------
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("description", String(1500), nullable=True),
+    Column("created_by", ID, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+organization_members = Table(
+    "organization_members",
+    metadata,
+    Column("oid", ID, ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("uid", ID, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
+    Column("role", String(20), nullable=False),  # administrator | developer
+    Column("created_on", BigInteger, nullable=False),
+)
+
+device_types = Table(
+    "device_types",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("unique_name", String(200), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("description", String(1500), nullable=True),
+    Column("owner_uid", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("oid", ID, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("published", Boolean, nullable=False, default=False),
+    Column("protected", Boolean, nullable=False, default=False),
+    Column("approved", Boolean, nullable=False, default=True),
+    Column("has_cloud_connector", Boolean, nullable=False, default=False),
+    Column("rsp", Boolean, nullable=False, default=False),
+    Column("issuer_dn", String(500), nullable=True),
+    Column("vid", String(64), nullable=True),
+    Column("tags", JSON, nullable=False),
+    Column("latest_version", BigInteger, nullable=False, default=0),
+    Column("created_on", BigInteger, nullable=False),
+    Column("last_updated", BigInteger, nullable=False),
+)
+
+manifests = Table(
+    "manifests",
+    metadata,
+    Column("dtid", String(100), ForeignKey("device_types.id", ondelete="CASCADE"), primary_key=True),
+    Column("version", BigInteger, primary_key=True),
+    Column("document", JSON, nullable=False),
+    Column("created_by", ID, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("uid", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("dtid", String(100), ForeignKey("device_types.id"), nullable=False, index=True),
+    Column("name", String(36), nullable=False),
+    Column("manifest_version", BigInteger, nullable=True),
+    Column("manifest_version_policy", String(10), nullable=False, default="LATEST"),
+    Column("need_provider_auth", Boolean, nullable=False, default=False),
+    Column("cloud_authorization", String(20), nullable=False, default="NO_AUTHORIZATION"),
+    Column("properties", JSON, nullable=True),
+    Column("eid", String(200), nullable=True),
+    Column("certificate_info", Text, nullable=True),
+    Column("certificate_signature", Text, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+# Status and presence, one row per device: availability set by PUT or by the device channels,
+# message/action times fed by ingest.
+device_status = Table(
+    "device_status",
+    metadata,
+    Column("did", ID, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("availability", String(10), nullable=False, default="unknown"),
+    Column("connected", Boolean, nullable=False, default=False),
+    Column("last_message_ts", BigInteger, nullable=True),
+    Column("last_action_ts", BigInteger, nullable=True),
+    Column("last_time_online", BigInteger, nullable=True),
+    Column("last_seen_on", BigInteger, nullable=True),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+# Last value of each field of a device (by latest ts), maintained by ingest.
+device_snapshots = Table(
+    "device_snapshots",
+    metadata,
+    Column("did", ID, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("value", JSON, nullable=True),
+    Column("ts", BigInteger, nullable=False),
+)
+
+device_shares = Table(
+    "device_shares",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("did", ID, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("owner_uid", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("email", String(254), nullable=False),
+    Column("recipient_uid", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("status", String(10), nullable=False),  # PENDING | ACCEPTED | REJECTED
+    Column("shared_on", BigInteger, nullable=False),
+    Column("decided_on", BigInteger, nullable=True),
+    UniqueConstraint("did", "email", name="uq_device_shares_did_email"),
+)
+
+Index("ix_device_shares_email", device_shares.c.email)

@@ -127,3 +127,147 @@ async def has_granted(rt: Runtime, uid: str, aid: str) -> bool:
     async with rt.db.read() as conn:
         row = await conn.execute(select(t.grants.c.uid).where(t.grants.c.uid == uid, t.grants.c.aid == aid))
         return row.first() is not None
+
+
+# --- Registry: organizations, device types, devices --------------------------------------------------
+
+ORG_ROLES = ("administrator", "developer")
+
+
+async def org_role(rt: Runtime, uid: str | None, oid: str | None) -> str | None:
+    """The role of user ``uid`` in organization ``oid`` (``administrator``/``developer``) or None."""
+    if uid is None or oid is None:
+        return None
+    async with rt.db.read() as conn:
+        row = await conn.execute(
+            select(t.organization_members.c.role).where(
+                t.organization_members.c.oid == oid, t.organization_members.c.uid == uid
+            )
+        )
+        return row.scalar()
+
+
+async def app_organization(rt: Runtime, aid: str | None) -> str | None:
+    if aid is None:
+        return None
+    async with rt.db.read() as conn:
+        return (await conn.execute(select(t.applications.c.oid).where(t.applications.c.id == aid))).scalar()
+
+
+async def check_organization(rt: Runtime, principal: Principal, oid: str, *, manage: bool) -> None:
+    """Members see their organization; only administrators (or its own applications) manage it."""
+    if principal.kind == "app" and await app_organization(rt, principal.aid) == oid:
+        return
+    role = await org_role(rt, principal.uid if principal.kind == "user" else None, oid)
+    if role is None or (manage and role != "administrator"):
+        raise Forbidden.missing("organization", [oid])
+
+
+async def owns_device_type(rt: Runtime, principal: Principal, dt: Any) -> bool:
+    """Owner of a device type: its user, a member of its organization, or the organization's app."""
+    if principal.kind == "user":
+        if dt["owner_uid"] is not None and dt["owner_uid"] == principal.uid:
+            return True
+        return await org_role(rt, principal.uid, dt["oid"]) is not None
+    if principal.kind == "app" and dt["oid"] is not None:
+        return await app_organization(rt, principal.aid) == dt["oid"]
+    if principal.kind == "app" and dt["owner_uid"] is not None:
+        # An application token acting for the type's owner, who authorized it.
+        return await has_granted(rt, dt["owner_uid"], str(principal.aid))
+    return False
+
+
+async def check_device_type_read(rt: Runtime, principal: Principal, dt: Any) -> None:
+    """Published device types are visible to every token; unpublished ones only to their owners."""
+    if dt["published"]:
+        return
+    if principal.kind == "device":
+        async with rt.db.read() as conn:
+            own_type = (
+                await conn.execute(select(t.devices.c.dtid).where(t.devices.c.id == principal.did))
+            ).scalar()
+        if own_type == dt["id"]:
+            return
+    elif await owns_device_type(rt, principal, dt):
+        return
+    raise Forbidden.missing("device_type", [dt["id"]])
+
+
+async def check_device_type_manage(rt: Runtime, principal: Principal, dt: Any) -> None:
+    """Changing a device type or adding manifests: its owner user, or its organization's
+    administrators and developers (and the organization's own applications)."""
+    if principal.kind == "device" or not _scope_allows(principal, Access.WRITE):
+        raise Forbidden.missing("device_type", [dt["id"]])
+    if not await owns_device_type(rt, principal, dt):
+        raise Forbidden.missing("device_type", [dt["id"]])
+
+
+async def accepted_share(rt: Runtime, uid: str, did: str) -> bool:
+    async with rt.db.read() as conn:
+        row = await conn.execute(
+            select(t.device_shares.c.id).where(
+                t.device_shares.c.did == did,
+                t.device_shares.c.recipient_uid == uid,
+                t.device_shares.c.status == "ACCEPTED",
+            )
+        )
+        return row.first() is not None
+
+
+async def device_relation(rt: Runtime, principal: Principal, device: Any) -> str | None:
+    """How the caller relates to a device: ``self`` (its token), ``owner``, ``shared`` or None."""
+    if principal.kind == "device":
+        return "self" if principal.did == device["id"] else None
+    if principal.kind == "user":
+        if principal.uid == device["uid"]:
+            return "owner"
+        return "shared" if await accepted_share(rt, str(principal.uid), device["id"]) else None
+    # Application token: for the owner (or an accepted recipient) who authorized the application.
+    if await has_granted(rt, device["uid"], str(principal.aid)):
+        return "owner"
+    async with rt.db.read() as conn:
+        rows = await conn.execute(
+            select(t.device_shares.c.recipient_uid).where(
+                t.device_shares.c.did == device["id"], t.device_shares.c.status == "ACCEPTED"
+            )
+        )
+        recipients = [r[0] for r in rows if r[0]]
+    for uid in recipients:
+        if await has_granted(rt, uid, str(principal.aid)):
+            return "shared"
+    return None
+
+
+async def check_device(rt: Runtime, principal: Principal, device: Any, access: Access) -> str:
+    """READ or WRITE on one device; returns the relation (``self``/``owner``/``shared``).
+
+    user token = (owner or accepted share recipient) ∩ app permission on the device's type ∩ scope;
+    application token = same, for users who authorized the app; device token = itself only.
+    """
+    relation = await device_relation(rt, principal, device)
+    if relation is None:
+        raise Forbidden.missing("device", [device["id"]])
+    if principal.kind == "device":
+        return relation
+    if not _scope_allows(principal, access):
+        raise Forbidden.missing("device", [device["id"]])
+    app = principal.app or AppPermissions()
+    if not app.on_device_type(device["dtid"], access):
+        raise Forbidden.missing("device_type", [device["dtid"]])
+    return relation
+
+
+async def check_device_owner(rt: Runtime, principal: Principal, device: Any, access: Access) -> None:
+    """Calls that need the owner's rights over a device (shares, tokens): recipients are refused."""
+    relation = await check_device(rt, principal, device, access)
+    if relation != "owner":
+        raise Forbidden.missing("device", [device["id"]])
+
+
+def check_onboard(principal: Principal, dtid: str) -> None:
+    """Creating a device of type ``dtid`` needs WRITE on the type for the token's application."""
+    if principal.kind == "device":
+        raise Forbidden("Device tokens cannot create devices")
+    app = principal.app or AppPermissions()
+    if not app.on_device_type(dtid, Access.WRITE) or not _scope_allows(principal, Access.WRITE):
+        raise Forbidden.missing("device_type", [dtid])
