@@ -134,11 +134,14 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
-def start_live(data_dir: Path, **overrides: Any) -> tuple[LiveServer, ServerThread]:
+def start_live(
+    data_dir: Path, *, run_migrations: bool = True, **overrides: Any
+) -> tuple[LiveServer, ServerThread]:
     port = free_port()
-    settings = make_settings(data_dir, port=port, public_url=f"http://127.0.0.1:{port}", **overrides)
+    # ``public_url`` may be overridden (an https URL, to test Secure cookies).
+    settings = make_settings(data_dir, **{"port": port, "public_url": f"http://127.0.0.1:{port}", **overrides})
     clock = ManualClock()
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, run_migrations=run_migrations)
     thread = ServerThread(app, port)
     loop = thread.start()
     return LiveServer(f"http://127.0.0.1:{port}", app, clock, settings, loop), thread
@@ -157,3 +160,27 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def client(live: LiveServer) -> Iterator[httpx.Client]:
     with live.client() as c:
         yield c
+
+
+def scratch_database_url() -> str:
+    """An empty PostgreSQL database beside the test one (``<name>2``, created on first use), for tests
+    that need a database of their own: concurrent migrations, a server on an unmigrated schema, an
+    outage. Only meaningful when ``THINGCLOUD_TEST_DATABASE_URL`` is set."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    url = make_url(TEST_DATABASE_URL)
+    name = f"{url.database}2"
+
+    async def ensure() -> None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            found = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if not found:
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        await engine.dispose()
+
+    asyncio.run(ensure())
+    scratch = url.set(database=name).render_as_string(hide_password=False)
+    reset_postgres(scratch)
+    return scratch

@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from thingcloud import __version__
+from thingcloud.areas.messages.routes import OPENAPI_PATHS as MESSAGES_OPENAPI
+from thingcloud.areas.messages.routes import routes as messages_routes
 from thingcloud.areas.users.routes import router as users_router
+from thingcloud.auth.pages import router as pages_router
 from thingcloud.auth.routes import router as tokens_router
 from thingcloud.bootstrap import first_start
 from thingcloud.bus import Bus
@@ -70,7 +74,33 @@ def create_app(
     registry = CollectorRegistry()
     app.state.registry = registry
     errors.install(app)
-    for router in (ops_router, tokens_router, users_router):
+    for router in (ops_router, tokens_router, pages_router, users_router):
         app.include_router(router)
+    # The message hot path: plain Starlette routes, documented by hand.
+    app.router.routes.extend(messages_routes)
+    install_openapi(app, MESSAGES_OPENAPI)
     app.add_middleware(RequestContext, metrics=HttpMetrics(registry))
     return app
+
+
+def install_openapi(app: FastAPI, extra_paths: dict[str, dict[str, Any]]) -> None:
+    """Generated OpenAPI, plus the hand-written entries of the plain routes and the bearer scheme."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for path, operations in extra_paths.items():
+            schema["paths"].setdefault(path, {}).update(operations)
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A user, application or device token",
+        }
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

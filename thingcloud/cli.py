@@ -18,7 +18,12 @@ from thingcloud.settings import Settings
 
 T = TypeVar("T")
 
-cli = typer.Typer(help="ThingCloud: an ARTIK Cloud-compatible IoT cloud.", no_args_is_help=True)
+# No local variables in tracebacks: they would show settings, passwords and secrets on the terminal.
+cli = typer.Typer(
+    help="ThingCloud: an ARTIK Cloud-compatible IoT cloud.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 users_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 apps_cli = typer.Typer(help="Manage OAuth2 client applications.", no_args_is_help=True)
 cli.add_typer(users_cli, name="users")
@@ -36,7 +41,13 @@ def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
 
 
 def _with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``work(rt)`` against a migrated database; service errors become a message and exit 1."""
+    """Run ``work(rt)`` against a migrated database.
+
+    Service errors and an unusable database become one readable line on stderr and exit status 1,
+    never a traceback.
+    """
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
     from thingcloud.errors import ApiError
     from thingcloud.migrate import migrate
     from thingcloud.runtime import Runtime
@@ -52,8 +63,28 @@ def _with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except ApiError as exc:
-        typer.echo(json.dumps(exc.body()), err=True)
+        typer.echo(describe_error(exc), err=True)
         raise typer.Exit(1) from None
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+        typer.echo(f"error: cannot use the database {database_label(settings)}: {reason}", err=True)
+        raise typer.Exit(1) from None
+
+
+def describe_error(exc: Any) -> str:
+    """``error: <message>`` plus one line per field error, for people rather than programs."""
+    body = exc.body()["error"]
+    lines = [f"error: {body['message']} (HTTP {exc.status}, code {body['code']})"]
+    for group in body.get("errors", []):
+        lines.extend(f"  {item['field']}: {'; '.join(item['messages'])}" for item in group)
+    return "\n".join(lines)
+
+
+def database_label(settings: Settings) -> str:
+    """The database URL with any password masked: fit for logs and messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
 
 
 def _print(doc: Any) -> None:
@@ -68,6 +99,8 @@ def serve(
     public_url: str = typer.Option(None, help="Externally visible base URL"),
 ) -> None:
     """Apply migrations and serve the API."""
+    import logging
+    import signal
     import socket
 
     import uvicorn
@@ -77,20 +110,35 @@ def serve(
 
     settings = _settings(database_url, host=host, port=port, public_url=public_url)
     configure_logging(settings.log_level, settings.log_json)
+    log = logging.getLogger("thingcloud")
     try:
-        with socket.create_server((settings.host, settings.port), reuse_port=False):
+        with socket.create_server((settings.host, settings.port)):
             pass
     except OSError as exc:
-        typer.echo(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}", err=True)
+        typer.echo(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", err=True)
         raise typer.Exit(1) from None
-    import logging
-
-    logging.getLogger("thingcloud").info(
-        "listening on http://%s:%s",
+    database = database_label(settings)
+    log.info(
+        "starting: listening on http://%s:%s, database %s",
         settings.host,
         settings.port,
-        extra={"fields": {"public_url": settings.public_base}},
+        database,
+        extra={
+            "fields": {
+                "listen": f"{settings.host}:{settings.port}",
+                "public_url": settings.public_base,
+                "database": database,
+            }
+        },
     )
+    # Migrate before uvicorn starts so that an unreachable database is one clear line and exit 1,
+    # not a lifespan traceback; the lifespan's own migrate is then a no-op.
+    _with_runtime(settings, _nothing)
+    # uvicorn finishes in-flight requests on SIGTERM/SIGINT, then re-raises the signal under the
+    # handler that was installed before it started. A no-op handler makes that re-raise a normal
+    # return, so a graceful shutdown exits 0 instead of dying by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -100,6 +148,10 @@ def serve(
         timeout_graceful_shutdown=30,
         server_header=False,
     )
+
+
+async def _nothing(_rt: Any) -> None:
+    return None
 
 
 @cli.command()

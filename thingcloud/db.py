@@ -14,7 +14,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -65,6 +67,12 @@ class Database:
             return
         async with self._write_lock, self.engine.begin() as conn:
             yield conn
+
+    def upsert(self, table: Table) -> Any:
+        """A dialect ``INSERT`` with ``on_conflict_do_nothing/do_update`` (same API on both backends)."""
+        if self.is_sqlite:
+            return sqlite_insert(table)
+        return pg_insert(table)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

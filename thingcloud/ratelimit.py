@@ -8,11 +8,14 @@ which needs O(1) memory per key. Counters live in this process by default; with
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from thingcloud.clock import Clock
+
+log = logging.getLogger(__name__)
 
 # Limits as (per minute, per day) for each actor and category of call.
 Limits = dict[tuple[str, str], tuple[int, int]]
@@ -84,9 +87,15 @@ class MemoryCounters:
     async def incr(self, minute_key: str, prev_minute_key: str, day_key: str) -> tuple[int, int, int]:
         window = minute_key.rsplit(":", 1)[1]
         if window != self._window:
-            # A new minute: keep only the previous minute's and the daily counters.
-            prev = prev_minute_key.rsplit(":", 1)[1]
-            self._counts = {k: v for k, v in self._counts.items() if ":m:" not in k or k.endswith(":" + prev)}
+            # A new minute: keep only the previous minute's and today's counters (past days' counters
+            # would otherwise pile up for every user, device and address ever seen).
+            prev = ":" + prev_minute_key.rsplit(":", 1)[1]
+            today = ":" + day_key.rsplit(":", 1)[1]
+            self._counts = {
+                k: v
+                for k, v in self._counts.items()
+                if k.endswith(prev if k.rsplit(":", 2)[1] == "m" else today)
+            }
             self._window = window
         counts = self._counts
         counts[minute_key] = counts.get(minute_key, 0) + 1
@@ -125,6 +134,7 @@ class RateLimiter:
         self.limits = ARTIK_LIMITS if mode == "artik" else DEFAULT_LIMITS
         self.clock = clock
         self.store = store
+        self._store_failed_at = -math.inf
 
     async def hit(self, actor: str, key: str, category: str = "rest") -> RateStatus | None:
         """Count one call of ``actor`` (user/device/app/anonymous) identified by ``key``."""
@@ -136,9 +146,17 @@ class RateLimiter:
         minute = int(now // 60)
         day = int(now // 86400)
         base = f"rl:{category}:{actor}:{key}"
-        this_m, prev_m, today = await self.store.incr(
-            f"{base}:m:{minute}", f"{base}:m:{minute - 1}", f"{base}:d:{day}"
-        )
+        try:
+            this_m, prev_m, today = await self.store.incr(
+                f"{base}:m:{minute}", f"{base}:m:{minute - 1}", f"{base}:d:{day}"
+            )
+        except Exception as exc:
+            # The counter store (Redis) is unreachable: serve the call unlimited rather than fail
+            # every request of the API; say so in the log at most once a minute.
+            if now - self._store_failed_at > 60:
+                self._store_failed_at = now
+                log.warning("rate-limit counters unavailable, not limiting: %s", exc.__class__.__name__)
+            return None
         overlap = 1.0 - (now - minute * 60) / 60.0
         used_minute = this_m + math.floor(prev_m * overlap)
         exceeded = "DAILY" if today > per_day else "MINUTE" if used_minute > per_minute else None

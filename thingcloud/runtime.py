@@ -20,6 +20,8 @@ from thingcloud.settings import Settings
 
 if TYPE_CHECKING:
     from thingcloud.areas.devicetypes.service import ManifestCache
+    from thingcloud.areas.messages.service import DeviceDirectory
+    from thingcloud.areas.messages.writer import GroupCommitWriter
     from thingcloud.auth.tokens import TokenCache
 
 
@@ -34,13 +36,20 @@ class Runtime:
     token_cache: TokenCache = field(init=False)
     login_throttle: LoginThrottle = field(init=False)
     manifests: ManifestCache = field(init=False)
+    devices: DeviceDirectory = field(init=False)
+    writer: GroupCommitWriter = field(init=False)
 
     def __post_init__(self) -> None:
         from thingcloud.areas.devicetypes.service import ManifestCache
+        from thingcloud.areas.messages.service import DeviceDirectory, publish_committed
+        from thingcloud.areas.messages.writer import GroupCommitWriter
         from thingcloud.auth.tokens import TokenCache
 
         self.token_cache = TokenCache(self.clock)
         self.manifests = ManifestCache()
+        self.devices = DeviceDirectory(self)
+        self.writer = GroupCommitWriter(self)
+        self.writer.after_commit.append(lambda items: publish_committed(self, items))
         s = self.settings
         self.login_throttle = LoginThrottle(
             self.clock, s.login_failures_per_account, s.login_failures_per_address, s.login_failure_window
@@ -63,8 +72,11 @@ class Runtime:
         await self.bus.start()
         await self.token_cache.attach(self.bus)
         await self.manifests.attach(self.bus)
+        await self.devices.attach(self.bus)
+        await self.writer.start()
 
     async def close(self) -> None:
+        await self.writer.stop()
         await self.bus.close()
         await self.limiter.store.close()
         await self.db.close()

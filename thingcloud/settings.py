@@ -6,6 +6,8 @@ The CLI overrides a few of them from flags; tests build their own ``Settings`` a
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -58,6 +60,31 @@ class Settings(BaseSettings):
     admin_password: str = ""
     """Empty: a random password is generated and printed once on the first start."""
 
+    # Messages.
+    max_message_bytes: int = 10 * 1024
+    future_grace_seconds: int = 60
+    """How far in the future a message ``ts`` may be (ARTIK's FUTURE_GRACE_PERIOD)."""
+    dedup_window_seconds: int = 24 * 3600
+    """How long a re-sent message (same device, client ts and data) maps to its original mid."""
+
+    # Background jobs (thingcloud/jobs) and the durable feed (thingcloud/feed.py); times in seconds.
+    job_poll_interval: float = 1.0
+    """How often an idle runner looks for due jobs (an enqueue on this node wakes it at once)."""
+    job_lease_seconds: int = 60
+    """A claimed job is renewed by heartbeat every third of this; a crashed node's jobs are retried
+    once it has passed."""
+    job_max_attempts: int = 5
+    job_concurrency: int = 4
+    job_retry_base_seconds: float = 10.0
+    """Backoff before retry n is base * 2**(n-1), with ±50 % jitter, capped at one hour."""
+    job_retention: int = 7 * 86400
+    """Finished (succeeded or dead) jobs are deleted after this long."""
+    feed_poll_interval: float = 1.0
+    """Fallback poll of feed consumers when no ``feed.appended`` notification arrives."""
+    feed_lease_seconds: int = 30
+    feed_retention: int = 7 * 86400
+    """Feed entries older than this and already past every consumer's checkpoint are trimmed."""
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -95,10 +122,16 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key
         path = self.data_dir / "secret_key"
-        if path.exists():
-            return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        path.touch(mode=0o600)
-        path.write_text(key)
-        return key
+        if not path.exists():
+            # Several processes may start at once on a fresh data directory (``migrate`` on each
+            # node): the key is written whole to a private file, then linked into place, which only
+            # the first one manages; every process then reads that one key.
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".secret_key.{os.getpid()}")
+            draft.unlink(missing_ok=True)
+            draft.touch(mode=0o600)
+            draft.write_text(secrets.token_urlsafe(48))
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, path)
+            draft.unlink()
+        return path.read_text().strip()

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -251,3 +252,105 @@ device_shares = Table(
 )
 
 Index("ix_device_shares_email", device_shares.c.email)
+
+# --- Messages and actions ----------------------------------------------------------------------------
+# No foreign keys on these hot tables: deleting a device removes its messages in the background.
+# On PostgreSQL both are partitioned by month of ``ts`` (partitions are created on demand by the
+# writer and dropped whole by retention); ``seq`` is the commit-ordered feed sequence of the row.
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("sdid", ID, primary_key=True),
+    Column("ts", BigInteger, primary_key=True),
+    Column("mid", String(32), primary_key=True),
+    Column("sdtid", String(100), nullable=False),
+    Column("uid", ID, nullable=False),
+    Column("cts", BigInteger, nullable=False),
+    Column("mv", BigInteger, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("seq", BigInteger, nullable=True),
+    postgresql_partition_by="RANGE (ts)",
+)
+Index("ix_messages_mid", messages.c.mid)
+Index("ix_messages_uid_ts", messages.c.uid, messages.c.ts)
+
+actions = Table(
+    "actions",
+    metadata,
+    Column("ddid", ID, primary_key=True),
+    Column("ts", BigInteger, primary_key=True),
+    Column("mid", String(32), primary_key=True),
+    Column("ddtid", String(100), nullable=False),
+    Column("sdid", ID, nullable=True),
+    Column("uid", ID, nullable=False),
+    Column("cts", BigInteger, nullable=False),
+    Column("mv", BigInteger, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("seq", BigInteger, nullable=True),
+    postgresql_partition_by="RANGE (ts)",
+)
+Index("ix_actions_mid", actions.c.mid)
+
+# Re-sent messages (same device, same client ts, same data) within the dedup window map to the
+# original mid. A unique key with ON CONFLICT DO NOTHING: one duplicate never fails a whole batch.
+message_dedup = Table(
+    "message_dedup",
+    metadata,
+    Column("sdid", ID, primary_key=True),
+    Column("ts", BigInteger, primary_key=True),
+    Column("digest", String(40), primary_key=True),
+    Column("mid", String(32), nullable=False),
+    Column("created_on", BigInteger, nullable=False, index=True),
+)
+
+# --- Durable feed and background jobs -----------------------------------------------------------------
+# The feed is the transactional outbox of committed events (thingcloud/feed.py): ``seq`` order is
+# commit order, consumers keep a checkpoint (and a lease, so one node runs each consumer). On SQLite
+# ``sqlite_autoincrement`` forbids reusing a seq after the newest rows were trimmed, which would make
+# new entries look older than every checkpoint.
+
+feed = Table(
+    "feed",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(40), nullable=False),
+    Column("ref", String(100), nullable=True),
+    Column("did", ID, nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("created_on", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+feed_checkpoints = Table(
+    "feed_checkpoints",
+    metadata,
+    Column("consumer", String(100), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("owner", String(100), nullable=True),
+    Column("lease_until", BigInteger, nullable=False, default=0),
+    Column("updated_on", BigInteger, nullable=False),
+)
+
+# Durable background work (thingcloud/jobs): claimed by lease, retried with backoff. ``unique_key``
+# makes scheduling idempotent (NULLs do not collide on either database).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("kind", String(100), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(10), nullable=False),  # queued | running | succeeded | failed | dead
+    Column("run_at", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("lease_owner", String(100), nullable=True),
+    Column("lease_until", BigInteger, nullable=True),
+    Column("heartbeat_at", BigInteger, nullable=True),
+    Column("unique_key", String(200), nullable=True, unique=True),
+    Column("result", JSON, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("updated_on", BigInteger, nullable=False),
+)
+Index("ix_jobs_status_run_at", jobs.c.status, jobs.c.run_at)

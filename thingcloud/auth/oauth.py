@@ -256,7 +256,7 @@ async def start_device_flow(rt: Runtime, client_id: str | None, scope: str | Non
 
 
 async def pending_device_code(rt: Runtime, user_code: str) -> tuple[dict[str, Any], Application] | None:
-    code = user_code.strip().upper().replace("-", "").replace(" ", "")
+    code = normalize_user_code(user_code)
     async with rt.db.read() as conn:
         row = (
             (await conn.execute(select(t.device_codes).where(t.device_codes.c.user_code == code)))
@@ -268,12 +268,17 @@ async def pending_device_code(rt: Runtime, user_code: str) -> tuple[dict[str, An
     return dict(row), await apps.get_application(rt, row["aid"])
 
 
+def normalize_user_code(user_code: str) -> str:
+    """What people type (``bcdf-ghjk``, spaces) → the stored form (``BCDFGHJK``)."""
+    return user_code.strip().upper().replace("-", "").replace(" ", "")
+
+
 async def decide_device_code(rt: Runtime, user_code: str, uid: str, approve: bool) -> bool:
     async with rt.db.write() as conn:
         result = await conn.execute(
             update(t.device_codes)
             .where(
-                t.device_codes.c.user_code == user_code,
+                t.device_codes.c.user_code == normalize_user_code(user_code),
                 t.device_codes.c.status == "pending",
                 t.device_codes.c.expires_at > rt.clock.now_ms(),
             )
@@ -282,15 +287,18 @@ async def decide_device_code(rt: Runtime, user_code: str, uid: str, approve: boo
     return result.rowcount == 1
 
 
-async def grant_device_code(rt: Runtime, form: dict[str, str]) -> IssuedToken:
-    app = await client_application(rt, form.get("client_id"))
+async def grant_device_code(rt: Runtime, form: dict[str, str], basic: tuple[str, str] | None) -> IssuedToken:
+    if basic is not None or form.get("client_secret"):
+        app = await authenticate_client(rt, basic, form.get("client_id"), form.get("client_secret"))
+    else:
+        app = await client_application(rt, form.get("client_id"))
     device_code = form.get("code") or form.get("device_code") or ""
     if not device_code:
         raise OAuthError("invalid_request", "code is required")
     now = rt.clock.now_ms()
     digest = token_digest(device_code)
     where = t.device_codes.c.device_code_hash == digest
-    error: OAuthError | None = None
+    error: OAuthError  # every branch below sets it or returns
     async with rt.db.write() as conn:
         row = (await conn.execute(select(t.device_codes).where(where))).mappings().first()
         if row is None or row["aid"] != app.id:
@@ -308,9 +316,11 @@ async def grant_device_code(rt: Runtime, form: dict[str, str]) -> IssuedToken:
                 error = OAuthError("slow_down", "Polling too fast")
             else:
                 error = OAuthError("authorization_pending", "The user has not yet approved the request")
-        else:
-            await conn.execute(delete(t.device_codes).where(where))
+        elif (await conn.execute(delete(t.device_codes).where(where))).rowcount == 1:
             return await issue_user_token(rt, conn, row["uid"], app.id, row["scope"])
+        else:
+            # A concurrent poll already took the token (PostgreSQL): one approval, one token.
+            error = OAuthError("invalid_grant", "Unknown device code")
     # Raised after the commit, so the poll time and the removal of a dead code are kept.
     raise error
 
@@ -337,7 +347,7 @@ async def exchange(
         except Throttled:
             raise OAuthError("slow_down", "Too many failed attempts; try again later", status=429) from None
     if grant_type in ("device_code", "urn:ietf:params:oauth:grant-type:device_code"):
-        return await grant_device_code(rt, form)
+        return await grant_device_code(rt, form, basic)
     if not grant_type:
         raise OAuthError("invalid_request", "grant_type is required")
     raise OAuthError("unsupported_grant_type", f"Unsupported grant_type '{grant_type}'")

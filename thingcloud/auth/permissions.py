@@ -17,10 +17,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, false, or_, select
 
 from thingcloud import tables as t
-from thingcloud.errors import Forbidden
+from thingcloud.errors import Forbidden, ValidationFailed
 from thingcloud.runtime import Runtime
 
 TokenKind = Literal["user", "app", "device"]
@@ -163,12 +163,19 @@ async def check_organization(rt: Runtime, principal: Principal, oid: str, *, man
         raise Forbidden.missing("organization", [oid])
 
 
+async def user_owns_device_type(rt: Runtime, uid: str | None, dt: Any) -> bool:
+    """Is user ``uid`` an owner of device type ``dt``: its owner user or a member of its organization?"""
+    if uid is None:
+        return False
+    if dt["owner_uid"] is not None and dt["owner_uid"] == uid:
+        return True
+    return await org_role(rt, uid, dt["oid"]) is not None
+
+
 async def owns_device_type(rt: Runtime, principal: Principal, dt: Any) -> bool:
     """Owner of a device type: its user, a member of its organization, or the organization's app."""
     if principal.kind == "user":
-        if dt["owner_uid"] is not None and dt["owner_uid"] == principal.uid:
-            return True
-        return await org_role(rt, principal.uid, dt["oid"]) is not None
+        return await user_owns_device_type(rt, principal.uid, dt)
     if principal.kind == "app" and dt["oid"] is not None:
         return await app_organization(rt, principal.aid) == dt["oid"]
     if principal.kind == "app" and dt["owner_uid"] is not None:
@@ -200,6 +207,67 @@ async def check_device_type_manage(rt: Runtime, principal: Principal, dt: Any) -
         raise Forbidden.missing("device_type", [dt["id"]])
     if not await owns_device_type(rt, principal, dt):
         raise Forbidden.missing("device_type", [dt["id"]])
+
+
+async def check_device_type_create(
+    rt: Runtime, principal: Principal, oid: str | None
+) -> tuple[str | None, str | None]:
+    """Who will own a new device type: ``(owner_uid, oid)``.
+
+    A user creates types of their own, or of an organization they belong to (any role); an
+    organization's application creates types of that organization only; device tokens never do.
+    """
+    if principal.kind == "device" or not _scope_allows(principal, Access.WRITE):
+        raise Forbidden.missing("device_type", [""])
+    if oid is not None:
+        if principal.kind == "app":
+            if await app_organization(rt, principal.aid) != oid:
+                raise Forbidden.missing("organization", [oid])
+        elif await org_role(rt, principal.uid, oid) is None:
+            raise Forbidden.missing("organization", [oid])
+        return principal.uid, oid
+    if principal.kind != "user":
+        raise Forbidden("An application token creates device types only for its organization ('oid')")
+    return principal.uid, None
+
+
+def device_type_owned_clause(principal: Principal) -> ColumnElement[bool]:
+    """SQL twin of ``owns_device_type``, to mark (and filter) a whole page of device types at once."""
+    dt = t.device_types.c
+    if principal.kind == "user":
+        memberships = select(t.organization_members.c.oid).where(
+            t.organization_members.c.uid == principal.uid
+        )
+        return or_(dt.owner_uid == principal.uid, dt.oid.in_(memberships))
+    if principal.kind == "app":
+        app_oid = select(t.applications.c.oid).where(t.applications.c.id == principal.aid)
+        granted = select(t.grants.c.uid).where(t.grants.c.aid == principal.aid)
+        return or_(
+            and_(dt.oid.is_not(None), dt.oid.in_(app_oid)),
+            and_(dt.oid.is_(None), dt.owner_uid.in_(granted)),
+        )
+    return false()
+
+
+def device_type_visible_clause(principal: Principal) -> ColumnElement[bool]:
+    """SQL twin of ``check_device_type_read``: published types, owned types, a device's own type."""
+    dt = t.device_types.c
+    if principal.kind == "device":
+        own_type = select(t.devices.c.dtid).where(t.devices.c.id == principal.did)
+        return or_(dt.published.is_(True), dt.id.in_(own_type))
+    return or_(dt.published.is_(True), device_type_owned_clause(principal))
+
+
+def device_type_onboard_clause(principal: Principal) -> ColumnElement[bool]:
+    """SQL twin of ``check_onboard``: the types whose devices the caller's application may create."""
+    if principal.kind == "device" or not _scope_allows(principal, Access.WRITE):
+        return false()
+    app = principal.app or AppPermissions()
+    listed = {dtid: rights for dtid, rights in app.device_types.items() if dtid != "*"}
+    dtid = t.device_types.c.id
+    if "WRITE" in app.device_types.get("*", frozenset()):
+        return dtid.not_in([d for d, rights in listed.items() if "WRITE" not in rights])
+    return dtid.in_([d for d, rights in listed.items() if "WRITE" in rights])
 
 
 async def accepted_share(rt: Runtime, uid: str, did: str) -> bool:
@@ -271,3 +339,54 @@ def check_onboard(principal: Principal, dtid: str) -> None:
     app = principal.app or AppPermissions()
     if not app.on_device_type(dtid, Access.WRITE) or not _scope_allows(principal, Access.WRITE):
         raise Forbidden.missing("device_type", [dtid])
+
+
+def device_type_filter(principal: Principal, access: Access) -> tuple[bool, frozenset[str]]:
+    """The device types whose devices a list may show to this token's application, for SQL filters:
+    ``(True, ids)`` = every type except ``ids``; ``(False, ids)`` = only ``ids``."""
+    if principal.kind == "device" or not _scope_allows(principal, access):
+        return False, frozenset()
+    rights = (principal.app or AppPermissions()).device_types
+    named = {dtid: allowed for dtid, allowed in rights.items() if dtid != "*"}
+    if access.value in rights.get("*", frozenset()):
+        return True, frozenset(d for d, allowed in named.items() if access.value not in allowed)
+    return False, frozenset(d for d, allowed in named.items() if access.value in allowed)
+
+
+# --- Device shares ----------------------------------------------------------------------------------
+
+
+async def check_shareable(rt: Runtime, dt: Any, recipient_uid: str | None) -> None:
+    """Devices of an unpublished device type may only be shared among the type's owners (S26): a
+    private type's devices must not leak to users who cannot even see the type."""
+    if dt["published"]:
+        return
+    if not await user_owns_device_type(rt, recipient_uid, dt):
+        raise ValidationFailed.field(
+            "email", "Devices of an unpublished device type can only be shared with its owners"
+        )
+
+
+async def share_recipient_uid(rt: Runtime, share: Any) -> str | None:
+    """The recipient's user id: recorded on the share, or found by its email once they signed up."""
+    if share["recipient_uid"] is not None:
+        return str(share["recipient_uid"])
+    async with rt.db.read() as conn:
+        found = await conn.execute(select(t.users.c.id).where(t.users.c.email == share["email"]))
+        return found.scalar()
+
+
+async def check_share_recipient(rt: Runtime, principal: Principal, share: Any, access: Access) -> str:
+    """Reading, accepting or rejecting a share as its recipient: the recipient's user token, or an
+    application token acting for the recipient who authorized it. Returns the recipient's user id."""
+    refused = Forbidden.missing("share", [share["id"]])
+    if principal.kind == "device" or not _scope_allows(principal, access):
+        raise refused
+    recipient = await share_recipient_uid(rt, share)
+    if recipient is None:
+        raise refused
+    if principal.kind == "user" and principal.uid == recipient:
+        return recipient
+    if principal.kind == "app" and await has_granted(rt, recipient, str(principal.aid)):
+        return recipient
+    raise refused

@@ -81,8 +81,20 @@ async def token(request: Request, rt: RuntimeDep) -> JSONResponse:
     return JSONResponse(issued.oauth_body(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
-@router.get("/tokenInfo", response_model=TokenInfoEnvelope, summary="Information about the token used")
-@router.get("/v1.1/accounts/tokenInfo", response_model=TokenInfoEnvelope, summary="Token information (alias)")
+# ``exclude_unset``: the body carries only what the token is bound to (REFERENCE.md §1.4): no
+# ``user_id`` for application tokens, ``device_id`` for device tokens only.
+@router.get(
+    "/tokenInfo",
+    response_model=TokenInfoEnvelope,
+    response_model_exclude_unset=True,
+    summary="Information about the token used",
+)
+@router.get(
+    "/v1.1/accounts/tokenInfo",
+    response_model=TokenInfoEnvelope,
+    response_model_exclude_unset=True,
+    summary="Token information (alias)",
+)
 async def token_info(rt: RuntimeDep, caller: Caller) -> TokenInfoEnvelope:
     return TokenInfoEnvelope(data=TokenInfo(**tokens.token_info(rt, caller)))
 
@@ -91,8 +103,8 @@ async def token_info(rt: RuntimeDep, caller: Caller) -> TokenInfoEnvelope:
     "/checkToken", response_model=MessageEnvelope, summary="Check a token (deprecated: see tokenInfo)"
 )
 @router.post("/v1.1/accounts/checkToken", response_model=MessageEnvelope, summary="Check a token (alias)")
-async def check_token(rt: RuntimeDep, body: TokenRequest) -> MessageEnvelope:
-    if not body.token:
+async def check_token(rt: RuntimeDep, body: TokenRequest | None = None) -> MessageEnvelope:
+    if body is None or not body.token:
         raise Unauthorized()
     await tokens.authenticate(rt, body.token)
     return MessageEnvelope(data=MessageData(message="Valid token"))

@@ -51,11 +51,15 @@ class TokenCache:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._entries: dict[str, tuple[Principal, float]] = {}
+        # Bumped by every revocation: a lookup that started before one must not cache its result,
+        # or a token revoked while its row was being read would stay usable for CACHE_SECONDS.
+        self.generation = 0
 
     async def attach(self, bus: Bus) -> None:
         await bus.subscribe("token.revoked", self._on_revoked)
 
     async def _on_revoked(self, _subject: str, payload: dict[str, Any]) -> None:
+        self.generation += 1
         for digest in payload.get("hashes", []):
             self._entries.pop(digest, None)
         if payload.get("all"):
@@ -71,7 +75,9 @@ class TokenCache:
             return None
         return principal
 
-    def put(self, digest: str, principal: Principal) -> None:
+    def put(self, digest: str, principal: Principal, generation: int) -> None:
+        if generation != self.generation:
+            return
         if len(self._entries) >= CACHE_MAX:
             self._entries.clear()
         self._entries[digest] = (principal, self.clock.now())
@@ -140,6 +146,41 @@ async def issue_app_token(rt: Runtime, aid: str, scope: str) -> IssuedToken:
     return IssuedToken(access, ttl, None, scope)
 
 
+async def issue_device_token(
+    rt: Runtime, conn: AsyncConnection, did: str, uid: str, aid: str
+) -> tuple[str, list[str]]:
+    """A new never-expiring token for device ``did`` (owner ``uid``, created through application
+    ``aid``), inside the caller's transaction. It replaces the device's previous token: the digests
+    of the replaced ones are returned so the caller can ``announce_revoked`` them after the commit."""
+    replaced = await drop_device_tokens(conn, did)
+    access = new_token()
+    await conn.execute(
+        insert(t.tokens).values(
+            id=new_id(),
+            kind="device",
+            access_hash=token_digest(access),
+            uid=uid,
+            aid=aid,
+            did=did,
+            scope="read,write",
+            expires_at=None,
+            secret_encrypted=rt.box.encrypt(access),
+            created_on=rt.clock.now_ms(),
+        )
+    )
+    return access, replaced
+
+
+async def drop_device_tokens(conn: AsyncConnection, did: str) -> list[str]:
+    """Delete the tokens of device ``did``; returns their digests (to announce after the commit)."""
+    rows = await conn.execute(
+        delete(t.tokens)
+        .where(t.tokens.c.kind == "device", t.tokens.c.did == did)
+        .returning(t.tokens.c.access_hash)
+    )
+    return [r[0] for r in rows]
+
+
 async def authenticate(rt: Runtime, token: str) -> Principal:
     """Resolve a presented bearer token, or raise ``Unauthorized``."""
     token = token.strip().lower()
@@ -148,8 +189,9 @@ async def authenticate(rt: Runtime, token: str) -> Principal:
     digest = token_digest(token)
     principal = rt.token_cache.get(digest)
     if principal is None:
+        generation = rt.token_cache.generation
         principal = await _load(rt, digest)
-        rt.token_cache.put(digest, principal)
+        rt.token_cache.put(digest, principal, generation)
     if principal.expires_at is not None and principal.expires_at <= rt.clock.now_ms():
         raise Unauthorized()
     return principal
@@ -200,7 +242,10 @@ async def refresh(rt: Runtime, refresh_token: str, aid: str | None) -> IssuedTok
             raise OAuthError("invalid_grant", "Unknown or revoked refresh token")
         if row["refresh_expires_at"] is not None and row["refresh_expires_at"] <= rt.clock.now_ms():
             raise OAuthError("invalid_grant", "The refresh token has expired")
-        await conn.execute(delete(t.tokens).where(t.tokens.c.id == row["id"]))
+        consumed = await conn.execute(delete(t.tokens).where(t.tokens.c.id == row["id"]))
+        if consumed.rowcount != 1:
+            # A concurrent refresh with the same token won (PostgreSQL): one refresh, one new pair.
+            raise OAuthError("invalid_grant", "Unknown or revoked refresh token")
         issued = await issue_user_token(rt, conn, row["uid"], row["aid"], row["scope"])
     await announce_revoked(rt, [row["access_hash"]])
     return issued

@@ -13,125 +13,54 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final
 
+from thingcloud.areas.devicetypes.valueclasses import (
+    BOOLEAN_ONLY,
+    COERCERS,
+    NUMERIC_ONLY,
+    OBJECT_EXPECTED,
+    TEXT_ONLY,
+    VALUE_CLASSES,
+    WHOLE_ONLY,
+    ValueInvalid,
+    group_coercer,
+    value_class_of,
+)
 from thingcloud.errors import FieldError, ValidationFailed
+
+# Re-exported: callers import the message texts and value classes from here.
+__all__ = [
+    "BOOLEAN_ONLY",
+    "EMPTY_MANIFEST",
+    "INVALID_MANIFEST",
+    "NUMERIC_ONLY",
+    "OBJECT_EXPECTED",
+    "TEXT_ONLY",
+    "VALUE_CLASSES",
+    "WHOLE_ONLY",
+    "ActionSpec",
+    "FieldSpec",
+    "Manifest",
+    "Members",
+    "compile_manifest",
+]
 
 JsonObject = dict[str, Any]
 
-VALUE_CLASSES: Final = ("String", "Boolean", "Integer", "Long", "Double", "Float")
-# Authors (and Java tooling) also write "java.lang.Double" or "double": accept them, store the short name.
-_VALUE_CLASS_ALIASES: Final = {
-    alias: name for name in VALUE_CLASSES for alias in (name.lower(), f"java.lang.{name}".lower())
-}
 _GROUP_KEYS: Final = ("children", "fields", "parameters")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_\-]+")
-_INT_RE: Final = re.compile(r"[+-]?\d+")
-_NUMBER_RE: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,4})?")
 MAX_DEPTH: Final = 8
 
 INVALID_MANIFEST: Final = "The manifest content is invalid"
 EMPTY_MANIFEST: Final = "The manifest content cannot be empty"
 REQUIRED = "Required parameter"
-TEXT_ONLY = "Text field only"
-NUMERIC_ONLY = "Numeric field only"
-BOOLEAN_ONLY = "Boolean field only"
-WHOLE_ONLY = "Whole number only"
-OBJECT_EXPECTED = "JSON object expected"
 ARRAY_EXPECTED = "Array expected"
 NOTHING_MATCHES = "No field of the message matches the manifest"
-
-
-class _Invalid(Exception):
-    """A value that cannot be coerced; carries the user-facing reason (cheap: raised only on bad input)."""
-
-
-# ---------------------------------------------------------------- coercion, one function per valueClass
-
-
-def _to_string(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
-        return repr(value)
-    raise _Invalid(TEXT_ONLY)
-
-
-_BOOLEAN_TEXT: Final = {"true": True, "1": True, "false": False, "0": False}
-
-
-def _to_bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return value == 1
-    if isinstance(value, str) and (found := _BOOLEAN_TEXT.get(value.strip().lower())) is not None:
-        return found
-    raise _Invalid(BOOLEAN_ONLY)
-
-
-def _number(value: object) -> int | float | Decimal:
-    """A JSON number, or numeric text as int (exact) or Decimal; bools, NaN and other text are not numbers."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # NaN != NaN
-        return value
-    if isinstance(value, str) and len(text := value.strip()) <= 64:  # no 10,000-digit parsing
-        if _INT_RE.fullmatch(text):
-            return int(text)
-        if _NUMBER_RE.fullmatch(text):
-            return Decimal(text)
-    raise _Invalid(NUMERIC_ONLY)
-
-
-def _integral(value: object, low: int, high: int) -> int:
-    number = _number(value)
-    if number > high:
-        raise _Invalid(f"Maximum value {high}")
-    if number < low:
-        raise _Invalid(f"Minimum value {low}")
-    if isinstance(number, int):
-        return number
-    if number != int(number):
-        raise _Invalid(WHOLE_ONLY)
-    return int(number)
-
-
-def _real(value: object, limit: float) -> float:
-    number = _number(value)
-    try:
-        result = float(number)
-    except OverflowError:  # an int beyond any double
-        result = math.inf if number > 0 else -math.inf
-    if result > limit:
-        raise _Invalid(f"Maximum value {limit!r}")
-    if result < -limit:
-        raise _Invalid(f"Minimum value {-limit!r}")
-    return result
-
-
-_INT32, _INT64 = 2**31, 2**63
-_FLOAT32_MAX = 3.4028234663852886e38
-_COERCERS: Final[Mapping[str, Callable[[object], object]]] = MappingProxyType(
-    {
-        "String": _to_string,
-        "Boolean": _to_bool,
-        "Integer": lambda v: _integral(v, -_INT32, _INT32 - 1),
-        "Long": lambda v: _integral(v, -_INT64, _INT64 - 1),
-        "Double": lambda v: _real(v, 1.7976931348623157e308),
-        "Float": lambda v: _real(v, _FLOAT32_MAX),
-    }
-)
-
-
-def _group_coercer(value: object) -> object:  # groups are walked, never coerced
-    raise _Invalid(OBJECT_EXPECTED)
 
 
 # ---------------------------------------------------------------- compiled model
@@ -166,7 +95,7 @@ class FieldSpec:
     description: str = ""
     type: str | None = None
     members: Members | None = None
-    coerce: Callable[[object], object] = field(default=_group_coercer, repr=False, compare=False)
+    coerce: Callable[[object], object] = field(default=group_coercer, repr=False, compare=False)
 
     @property
     def is_group(self) -> bool:
@@ -222,7 +151,7 @@ def _normalize_members(
         if spec.members is None and not spec.is_collection:
             try:
                 out[spec.name] = spec.coerce(value)
-            except _Invalid as exc:
+            except ValueInvalid as exc:
                 errors.append(FieldError(_join(path, key), (str(exc),)))
         elif spec.members is not None:
             if not isinstance(value, dict):
@@ -237,7 +166,7 @@ def _normalize_members(
             for index, item in enumerate(value):
                 try:
                     items.append(coerce(item))
-                except _Invalid as exc:
+                except ValueInvalid as exc:
                     errors.append(FieldError(f"{_join(path, key)}.{index}", (str(exc),)))
             out[spec.name] = items
     return out
@@ -423,16 +352,14 @@ class _Compiler:
                 return None
             return FieldSpec(name, dotted, None, False, unit, description, kind, members)
         raw_class = node.get("valueClass")
-        value_class = (
-            _VALUE_CLASS_ALIASES.get(raw_class.strip().lower()) if isinstance(raw_class, str) else None
-        )
+        value_class = value_class_of(raw_class)
         if raw_class is None or raw_class == "":
             self.fail(_join(path, "valueClass"), REQUIRED)
         elif value_class is None:
             self.fail(_join(path, "valueClass"), f"Unknown valueClass '{raw_class}'")
         if name is None or value_class is None:
             return None
-        coerce = _COERCERS[value_class]
+        coerce = COERCERS[value_class]
         return FieldSpec(
             name, dotted, value_class, is_collection is True, unit, description, kind, None, coerce
         )

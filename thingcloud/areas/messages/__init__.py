@@ -1,0 +1,1 @@
+"""Messages and actions: the one ingest path every channel uses, storage, and (later) queries."""

@@ -1,0 +1,203 @@
+"""The one ingest path: every channel (REST, WebSocket, MQTT) turns what a device or app sent into a
+stored, normalized message or action through ``ingest``.
+
+Order of work: envelope checks → device (cached) → permission → manifest normalization (cached,
+compiled) → group-commit writer (acknowledged only after the commit) → the writer publishes on the bus.
+Nothing is stored unless every check passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from thingcloud import tables as t
+from thingcloud.areas.devicetypes import service as devicetypes
+from thingcloud.areas.messages.writer import Pending
+from thingcloud.auth.permissions import Access, Principal, check_device
+from thingcloud.bus import Bus
+from thingcloud.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from thingcloud.ids import new_message_id
+from thingcloud.runtime import Runtime
+
+DEVICE_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What ingest needs to know about a device, cached per process."""
+
+    id: str
+    uid: str
+    dtid: str
+    manifest_version: int | None
+    policy: str
+
+    def as_row(self) -> dict[str, Any]:
+        return {"id": self.id, "uid": self.uid, "dtid": self.dtid}
+
+
+class DeviceDirectory:
+    """did → DeviceInfo for the ingest hot path; emptied for a device when it changes or goes away."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._entries: dict[str, tuple[DeviceInfo, float]] = {}
+
+    async def attach(self, bus: Bus) -> None:
+        for subject in ("device.updated", "device.deleted"):
+            await bus.subscribe(subject, self._forget)
+
+    async def _forget(self, _subject: str, payload: dict[str, Any]) -> None:
+        self._entries.pop(payload.get("did", ""), None)
+
+    async def get(self, did: str) -> DeviceInfo:
+        entry = self._entries.get(did)
+        now = self.rt.clock.now()
+        if entry is not None and now - entry[1] < DEVICE_CACHE_SECONDS:
+            return entry[0]
+        async with self.rt.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        t.devices.c.id,
+                        t.devices.c.uid,
+                        t.devices.c.dtid,
+                        t.devices.c.manifest_version,
+                        t.devices.c.manifest_version_policy,
+                    ).where(t.devices.c.id == did)
+                )
+            ).first()
+        if row is None:
+            self._entries.pop(did, None)
+            raise NotFound(f"Device {did} not found")
+        info = DeviceInfo(row[0], row[1], row[2], row[3], row[4])
+        if len(self._entries) > 200_000:
+            self._entries.clear()
+        self._entries[did] = (info, now)
+        return info
+
+
+def _int_ts(value: Any, now: int, grace_ms: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationFailed.field("ts", "Numeric field only", message="Invalid ts value")
+    ts = int(value)
+    if ts < 0:
+        raise ValidationFailed.field("ts", "Invalid ts value", message="Invalid ts value")
+    if ts > now + grace_ms:
+        raise ValidationFailed.field(
+            "ts", "Invalid ts value (in future)", message="Invalid ts value (in future)"
+        )
+    return ts
+
+
+def _text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationFailed.field(key, "Text field only")
+    return value
+
+
+def dedup_digest(data: Any) -> str:
+    return hashlib.sha1(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def manifest_for(rt: Runtime, device: DeviceInfo) -> Any:
+    version = device.manifest_version if device.policy == "DEVICE" else None
+    return await devicetypes.manifest(rt, device.dtid, version)
+
+
+async def ingest(rt: Runtime, principal: Principal, body: Any) -> str:
+    """Store one message (``type`` message, default) or action (``type`` action); return its mid."""
+    if not isinstance(body, dict):
+        raise ValidationFailed.field("body", "JSON object expected")
+    kind = body.get("type") or "message"
+    if kind not in ("message", "action"):
+        raise ValidationFailed.field("type", "Must be 'message' or 'action'")
+    now = rt.clock.now_ms()
+    client_ts = _int_ts(body.get("ts"), now, rt.settings.future_grace_seconds * 1000)
+    data = body.get("data")
+    if data is None:
+        raise ValidationFailed.field("data", "Required parameter")
+    if kind == "action":
+        return await _ingest_action(rt, principal, body, data, client_ts, now)
+    sdid = _text(body, "sdid") or (principal.did if principal.kind == "device" else None)
+    if sdid is None:
+        raise ValidationFailed.field("sdid", "Required parameter")
+    if principal.kind == "device" and principal.did != sdid:
+        raise Forbidden("A device token may only send messages as its own device")
+    device = await rt.devices.get(sdid)
+    await check_device(rt, principal, device.as_row(), Access.WRITE)
+    manifest = await manifest_for(rt, device)
+    normalized = manifest.normalize(data)
+    ts = client_ts if client_ts is not None else now
+    row = {
+        "mid": new_message_id(now),
+        "sdid": sdid,
+        "sdtid": device.dtid,
+        "uid": device.uid,
+        "ts": ts,
+        "cts": now,
+        "mv": manifest.version,
+        "data": normalized,
+    }
+    # Only messages with a client ts can be recognized as re-sent.
+    digest = dedup_digest(normalized) if client_ts is not None else None
+    return await rt.writer.submit(Pending("message", row, sdid, digest))
+
+
+async def _ingest_action(
+    rt: Runtime, principal: Principal, body: dict[str, Any], data: Any, client_ts: int | None, now: int
+) -> str:
+    ddid = _text(body, "ddid")
+    if ddid is None:
+        raise ValidationFailed.field("ddid", "Required parameter")
+    sdid = _text(body, "sdid")
+    if principal.kind == "device" and sdid is not None and sdid != principal.did:
+        raise Forbidden("A device token may only send as its own device")
+    if principal.kind == "device":
+        sdid = principal.did
+    device = await rt.devices.get(ddid)
+    await check_device(rt, principal, device.as_row(), Access.WRITE)
+    manifest = await manifest_for(rt, device)
+    if isinstance(data, dict) and set(data) - {"actions"}:
+        extra = sorted(set(data) - {"actions"})
+        raise ValidationFailed(
+            "Validation Error", [FieldError(f"data.{k}", ("Only 'actions' is allowed",)) for k in extra]
+        )
+    normalized = manifest.normalize_actions(data)
+    row = {
+        "mid": new_message_id(now),
+        "ddid": ddid,
+        "ddtid": device.dtid,
+        "sdid": sdid,
+        "uid": device.uid,
+        "ts": client_ts if client_ts is not None else now,
+        "cts": now,
+        "mv": manifest.version,
+        "data": normalized,
+    }
+    return await rt.writer.submit(Pending("action", row, ddid))
+
+
+def public_message(item: Pending) -> dict[str, Any]:
+    """The normalized message/action JSON as clients see it (REFERENCE.md §3.7)."""
+    row = item.row
+    if item.kind == "message":
+        return {k: row[k] for k in ("mid", "sdid", "sdtid", "uid", "ts", "cts", "mv", "data")}
+    return {k: row[k] for k in ("mid", "ddid", "ddtid", "sdid", "uid", "ts", "cts", "mv", "data")}
+
+
+async def publish_committed(rt: Runtime, items: list[Pending]) -> None:
+    """Fast path for live consumers: each stored message/action on the bus (after the commit)."""
+    for item in items:
+        subject = f"message.{item.did}" if item.kind == "message" else f"action.{item.did}"
+        await rt.bus.publish(subject, public_message(item))

@@ -1,0 +1,1 @@
+"""Organizations (an extension): groups of users that own device types and applications together."""
