@@ -108,7 +108,13 @@ class ServerThread:
 
     def __init__(self, app: Any, port: int) -> None:
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            proxy_headers=False,  # as `thingcloud serve`: trusted proxies are our setting
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -139,7 +145,9 @@ def start_live(
 ) -> tuple[LiveServer, ServerThread]:
     port = free_port()
     # ``public_url`` may be overridden (an https URL, to test Secure cookies).
-    settings = make_settings(data_dir, **{"port": port, "public_url": f"http://127.0.0.1:{port}", **overrides})
+    settings = make_settings(
+        data_dir, **{"port": port, "public_url": f"http://127.0.0.1:{port}", **overrides}
+    )
     clock = ManualClock()
     app = create_app(settings, clock=clock, run_migrations=run_migrations)
     thread = ServerThread(app, port)

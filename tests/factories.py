@@ -103,3 +103,106 @@ def app_token(live: LiveServer, app: App) -> str:
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
+
+
+# --- Registry: device types, devices, organizations (devices area tests) ---------------------------
+
+LAMP_MANIFEST: dict[str, Any] = {
+    "fields": [
+        {"name": "state", "valueClass": "Boolean"},
+        {"name": "temp", "valueClass": "Double", "unit": "Cel"},
+        {"name": "location", "children": [{"name": "x", "valueClass": "Double"}]},
+    ],
+    "actions": [{"name": "setOn"}],
+}
+
+
+def make_device_type(
+    live: LiveServer,
+    owner_uid: str | None,
+    *,
+    oid: str | None = None,
+    published: bool = True,
+    manifests: int = 1,
+) -> str:
+    """A device type (owned by a user or an organization) with ``manifests`` manifest versions."""
+    from thingcloud.areas.devicetypes import service as devicetypes
+
+    async def work(rt: Any) -> str:
+        dt = await devicetypes.create_device_type(
+            rt,
+            name="Test lamp",
+            unique_name=f"com.example.lamp{uuid.uuid4().hex}",
+            owner_uid=owner_uid,
+            oid=oid,
+            published=published,
+        )
+        for _ in range(manifests):
+            await devicetypes.add_manifest(rt, dt["id"], LAMP_MANIFEST, owner_uid)
+        return str(dt["id"])
+
+    return live.call(work)
+
+
+def make_device(
+    live: LiveServer, headers: dict[str, str], dtid: str, name: str = "Office lamp", **body: Any
+) -> dict[str, Any]:
+    """A device created through ``POST /v1.1/devices``; returns its public form."""
+    response = httpx.post(
+        f"{live.url}/v1.1/devices", headers=headers, json={"dtid": dtid, "name": name, **body}
+    )
+    assert response.status_code == 200, response.text
+    device: dict[str, Any] = response.json()["data"]
+    return device
+
+
+def make_org(live: LiveServer, members: dict[str, str]) -> str:
+    """An organization with ``{uid: role}`` members, written directly (the organizations area's own
+    endpoints are tested there)."""
+    from sqlalchemy import insert
+
+    from thingcloud import tables as t
+
+    oid = uuid.uuid4().hex
+
+    async def work(rt: Any) -> None:
+        now = rt.clock.now_ms()
+        async with rt.db.write() as conn:
+            await conn.execute(
+                insert(t.organizations).values(id=oid, name="Test org", created_on=now, modified_on=now)
+            )
+            for uid, role in members.items():
+                await conn.execute(
+                    insert(t.organization_members).values(oid=oid, uid=uid, role=role, created_on=now)
+                )
+
+    live.call(work)
+    return oid
+
+
+def record_bus(live: LiveServer, pattern: str) -> list[tuple[str, dict[str, Any]]]:
+    """Subscribe to ``pattern`` on the server's bus; returns the list the events are appended to."""
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def handler(subject: str, payload: dict[str, Any]) -> None:
+        events.append((subject, payload))
+
+    async def work(rt: Any) -> None:
+        await rt.bus.subscribe(pattern, handler)
+
+    live.call(work)
+    return events
+
+
+# --- Registry: organizations -------------------------------------------------------------------------
+
+
+def make_org_app(live: LiveServer, owner_uid: str, oid: str, name: str = "Org App") -> App:
+    """An application belonging to organization ``oid`` (its owner must be a member)."""
+    redirect_uri = "http://127.0.0.1:9/callback"
+
+    async def work(rt: Any) -> Any:
+        return await apps.create_application(rt, name, owner_uid, [redirect_uri], oid=oid)
+
+    app, secret = live.call(work)
+    return App(app.id, secret, owner_uid, redirect_uri)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from thingcloud.migrate import alembic_config
 from thingcloud.runtime import Runtime
+from thingcloud.settings import Settings
 
 from .conftest import TEST_DATABASE_URL, LiveServer, free_port, scratch_database_url, start_live
 from .factories import make_user
@@ -254,3 +255,10 @@ def test_database_outage_is_a_503_with_the_error_body(
         response = client.get("/v1.1/users/self", headers=user.headers)
         assert response.status_code == 200
         assert response.json()["data"]["id"] == user.id
+
+
+def test_readme_documents_every_setting() -> None:
+    """The configuration table in README.md lists every THINGCLOUD_* setting, and no stale one."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = set(re.findall(r"^\| `THINGCLOUD_([A-Z_]+)` \|", readme, re.M))
+    assert rows == {name.upper() for name in Settings.model_fields}

@@ -174,7 +174,9 @@ def test_anonymous_limit_gives_429_for_that_address_only(artik: LiveServer) -> N
     to_minute_start(artik)
     with artik.client() as client:
         for n in range(1, 101):
-            response = client.get("/v1.1/users/self", headers=bearer(f"{n:032x}"))
+            # A forwarded-for header is not believed from a peer that is not a trusted proxy.
+            spoofed = {**bearer(f"{n:032x}"), "X-Forwarded-For": f"203.0.113.{n}"}
+            response = client.get("/v1.1/users/self", headers=spoofed)
             assert response.status_code == 401
             assert remaining(response) == (100 - n, 10_000 - n)
         refused = client.get("/v1.1/users/self", headers=bearer("f" * 32))
@@ -184,6 +186,24 @@ def test_anonymous_limit_gives_429_for_that_address_only(artik: LiveServer) -> N
         response = client.get("/v1.1/users/self", headers=user.headers)
         assert response.status_code == 200
         assert remaining(response) == (99, 999)
+
+
+def test_anonymous_addresses_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    server, thread = start_live(tmp_path, rate_limits="artik", trusted_proxies=["127.0.0.1"])
+    try:
+        to_minute_start(server)
+        with server.client() as client:
+            noisy = {"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}
+            for n in range(1, 101):
+                assert remaining(client.get("/v1.1/users/self", headers=noisy)) == (100 - n, 10_000 - n)
+            assert client.get("/v1.1/users/self", headers=noisy).status_code == 429
+            quiet = client.get("/v1.1/users/self", headers={"X-Forwarded-For": "203.0.113.8"})
+            assert quiet.status_code == 401
+            assert remaining(quiet) == (99, 9_999)
+            # The proxy's own address is yet another counter.
+            assert remaining(client.get("/v1.1/users/self")) == (99, 9_999)
+    finally:
+        thread.stop()
 
 
 def test_rate_limits_off(tmp_path: Path) -> None:

@@ -15,14 +15,21 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from thingcloud import __version__
+from thingcloud.areas.devices.routes import router as devices_router
+from thingcloud.areas.devices.shares_routes import router as shares_router
+from thingcloud.areas.devicetypes.routes import router as devicetypes_router
 from thingcloud.areas.messages.routes import OPENAPI_PATHS as MESSAGES_OPENAPI
+from thingcloud.areas.messages.routes import retention_router
 from thingcloud.areas.messages.routes import routes as messages_routes
+from thingcloud.areas.organizations.routes import router as organizations_router
 from thingcloud.areas.users.routes import router as users_router
 from thingcloud.auth.pages import router as pages_router
 from thingcloud.auth.routes import router as tokens_router
 from thingcloud.bootstrap import first_start
 from thingcloud.bus import Bus
 from thingcloud.clock import Clock
+from thingcloud.feed import FeedMetrics
+from thingcloud.jobs.runner import JobMetrics
 from thingcloud.migrate import migrate
 from thingcloud.rest import errors
 from thingcloud.rest.middleware import HttpMetrics, RequestContext
@@ -53,6 +60,8 @@ def create_app(
             shown = await first_start(rt)
             if shown:
                 print(shown, flush=True)
+        await rt.jobs.start(job_metrics)
+        await rt.feed.start(feed_metrics)
         log.info(
             "thingcloud ready",
             extra={"fields": {"database": rt.db.engine.url.render_as_string(hide_password=True)}},
@@ -73,8 +82,19 @@ def create_app(
     app.state.settings = settings
     registry = CollectorRegistry()
     app.state.registry = registry
+    job_metrics, feed_metrics = JobMetrics(registry), FeedMetrics(registry)
     errors.install(app)
-    for router in (ops_router, tokens_router, pages_router, users_router):
+    for router in (
+        ops_router,
+        tokens_router,
+        pages_router,
+        users_router,
+        retention_router,
+        organizations_router,
+        devicetypes_router,
+        devices_router,
+        shares_router,
+    ):
         app.include_router(router)
     # The message hot path: plain Starlette routes, documented by hand.
     app.router.routes.extend(messages_routes)

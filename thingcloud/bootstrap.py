@@ -55,5 +55,6 @@ async def first_start(rt: Runtime) -> str | None:
     path = settings.data_dir / "first-start.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
+    path.chmod(0o600)  # also when a leftover file with wider permissions was there
     path.write_text(text)
     return text

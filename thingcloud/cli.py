@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,6 +29,10 @@ users_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 apps_cli = typer.Typer(help="Manage OAuth2 client applications.", no_args_is_help=True)
 cli.add_typer(users_cli, name="users")
 cli.add_typer(apps_cli, name="apps")
+orgs_cli = typer.Typer(help="Manage organizations and their members.", no_args_is_help=True)
+devicetypes_cli = typer.Typer(help="Manage device types and their manifests.", no_args_is_help=True)
+cli.add_typer(orgs_cli, name="orgs")
+cli.add_typer(devicetypes_cli, name="devicetypes")
 
 DatabaseOption = typer.Option(None, "--database-url", help="SQLAlchemy URL (env THINGCLOUD_DATABASE_URL)")
 
@@ -115,7 +120,8 @@ def serve(
         with socket.create_server((settings.host, settings.port)):
             pass
     except OSError as exc:
-        typer.echo(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", err=True)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        typer.echo(f"error: cannot listen on {settings.host}:{settings.port}: {reason}", err=True)
         raise typer.Exit(1) from None
     database = database_label(settings)
     log.info(
@@ -147,6 +153,9 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=30,
         server_header=False,
+        # uvicorn would rewrite the client address from X-Forwarded-For for 127.0.0.1 peers; only
+        # THINGCLOUD_TRUSTED_PROXIES decides that (rest/deps.client_address).
+        proxy_headers=False,
     )
 
 
@@ -231,6 +240,7 @@ def apps_create(
         None,
         help="Narrow the default READ+WRITE on everything, e.g. 'profile:READ;devicetypes:*:READ'",
     ),
+    organization: str = typer.Option(None, help="Organization id the application belongs to"),
     database_url: str = DatabaseOption,
 ) -> None:
     """Register an OAuth2 application and print its client_id and client_secret."""
@@ -249,6 +259,7 @@ def apps_create(
             redirect_uri,
             password_grant,
             permissions=apps.parse_permissions(permissions),
+            oid=organization,
         )
 
     app, secret = _with_runtime(_settings(database_url), work)
@@ -265,6 +276,100 @@ def apps_rotate_secret(client_id: str = typer.Argument(...), database_url: str =
 
     app, secret = _with_runtime(_settings(database_url), work)
     _print({"client_id": app.id, "client_secret": secret})
+
+
+async def _user_id(rt: Any, email: str) -> str:
+    from thingcloud.areas.users import service as users
+    from thingcloud.errors import UserNotFound
+
+    user = await users.find_user_by_email(rt, email)
+    if user is None:
+        raise UserNotFound(f"No user with email {email}")
+    return str(user["id"])
+
+
+@orgs_cli.command("create")
+def orgs_create(
+    name: str = typer.Option(...),
+    owner: str = typer.Option(..., help="Email of the first administrator"),
+    description: str = typer.Option(None),
+    database_url: str = DatabaseOption,
+) -> None:
+    """Create an organization administered by OWNER and print it as JSON."""
+    from thingcloud.areas.organizations import service
+
+    async def work(rt: Any) -> Any:
+        return await service.create_organization(rt, await _user_id(rt, owner), name, description)
+
+    _print(_with_runtime(_settings(database_url), work).model_dump())
+
+
+@orgs_cli.command("add-member")
+def orgs_add_member(
+    oid: str = typer.Argument(..., help="Organization id"),
+    email: str = typer.Option(..., help="Email of an existing user"),
+    role: str = typer.Option("developer", help="administrator or developer"),
+    database_url: str = DatabaseOption,
+) -> None:
+    """Add a user to an organization and print the membership as JSON."""
+    from thingcloud.areas.organizations import service
+
+    async def work(rt: Any) -> Any:
+        return await service.add_member(rt, oid, role=role, email=email)
+
+    _print(_with_runtime(_settings(database_url), work).model_dump())
+
+
+@devicetypes_cli.command("create")
+def devicetypes_create(
+    owner: str = typer.Option(..., help="Email of the owning user (a member, with --organization)"),
+    name: str = typer.Option(...),
+    unique_name: str = typer.Option(..., help="Java-package style, e.g. com.example.thermostat"),
+    organization: str = typer.Option(None, help="Organization id that owns the type"),
+    published: bool = typer.Option(False, "--published", help="Visible to everyone"),
+    description: str = typer.Option(None),
+    tag: list[str] = typer.Option(None, help="Tag (repeatable)"),
+    database_url: str = DatabaseOption,
+) -> None:
+    """Create a device type (no manifest yet) and print it as JSON."""
+    from thingcloud.areas.devicetypes import service
+    from thingcloud.auth.permissions import org_role
+    from thingcloud.errors import Forbidden
+
+    async def work(rt: Any) -> Any:
+        uid = await _user_id(rt, owner)
+        if organization is not None and await org_role(rt, uid, organization) is None:
+            raise Forbidden(f"{owner} is not a member of organization {organization}")
+        row = await service.create_device_type(
+            rt,
+            name=name,
+            unique_name=unique_name,
+            owner_uid=uid,
+            oid=organization,
+            description=description,
+            published=published,
+            tags=tag,
+        )
+        return service.to_device_type(row, owned_by_caller=True)
+
+    _print(_with_runtime(_settings(database_url), work).model_dump())
+
+
+@devicetypes_cli.command("add-manifest")
+def devicetypes_add_manifest(
+    dtid: str = typer.Argument(..., help="Device type id"),
+    file: typer.FileText = typer.Argument(..., help="Simple Manifest JSON file ('-' for stdin)"),
+    database_url: str = DatabaseOption,
+) -> None:
+    """Add a manifest version to a device type and print {"version": N}."""
+    from thingcloud.areas.devicetypes import service
+
+    text = file.read()
+
+    async def work(rt: Any) -> int:
+        return await service.add_manifest(rt, dtid, text, created_by=None)
+
+    _print({"version": _with_runtime(_settings(database_url), work)})
 
 
 def main() -> None:

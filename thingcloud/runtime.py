@@ -7,6 +7,8 @@ at import time.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,7 @@ from thingcloud.auth.throttle import LoginThrottle
 from thingcloud.bus import Bus, InProcessBus
 from thingcloud.clock import Clock, SystemClock
 from thingcloud.db import Database
+from thingcloud.ids import new_id
 from thingcloud.ratelimit import CounterStore, MemoryCounters, RateLimiter, RedisCounters
 from thingcloud.settings import Settings
 
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
     from thingcloud.areas.messages.service import DeviceDirectory
     from thingcloud.areas.messages.writer import GroupCommitWriter
     from thingcloud.auth.tokens import TokenCache
+    from thingcloud.feed import Feed
+    from thingcloud.jobs.runner import JobRunner
 
 
 @dataclass
@@ -38,18 +43,27 @@ class Runtime:
     manifests: ManifestCache = field(init=False)
     devices: DeviceDirectory = field(init=False)
     writer: GroupCommitWriter = field(init=False)
+    node_id: str = field(init=False)
+    """Who holds a lease (feed consumers, jobs): unique per process start."""
+    feed: Feed = field(init=False)
+    jobs: JobRunner = field(init=False)
 
     def __post_init__(self) -> None:
         from thingcloud.areas.devicetypes.service import ManifestCache
         from thingcloud.areas.messages.service import DeviceDirectory, publish_committed
         from thingcloud.areas.messages.writer import GroupCommitWriter
         from thingcloud.auth.tokens import TokenCache
+        from thingcloud.feed import Feed
+        from thingcloud.jobs.runner import JobRunner
 
         self.token_cache = TokenCache(self.clock)
-        self.manifests = ManifestCache()
+        self.manifests = ManifestCache(self.clock)
         self.devices = DeviceDirectory(self)
         self.writer = GroupCommitWriter(self)
         self.writer.after_commit.append(lambda items: publish_committed(self, items))
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self.feed = Feed(self)
+        self.jobs = JobRunner(self)
         s = self.settings
         self.login_throttle = LoginThrottle(
             self.clock, s.login_failures_per_account, s.login_failures_per_address, s.login_failure_window
@@ -76,6 +90,8 @@ class Runtime:
         await self.writer.start()
 
     async def close(self) -> None:
+        await self.feed.stop()
+        await self.jobs.stop()
         await self.writer.stop()
         await self.bus.close()
         await self.limiter.store.close()

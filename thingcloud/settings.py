@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = 10 * 1024
     future_grace_seconds: int = 60
     """How far in the future a message ``ts`` may be (ARTIK's FUTURE_GRACE_PERIOD)."""
+    message_retention_days: int = 0
+    """Messages and actions older than this are purged (0: kept forever); devices may override."""
     dedup_window_seconds: int = 24 * 3600
     """How long a re-sent message (same device, client ts and data) maps to its original mid."""
 

@@ -256,7 +256,7 @@ Index("ix_device_shares_email", device_shares.c.email)
 # --- Messages and actions ----------------------------------------------------------------------------
 # No foreign keys on these hot tables: deleting a device removes its messages in the background.
 # On PostgreSQL both are partitioned by month of ``ts`` (partitions are created on demand by the
-# writer and dropped whole by retention); ``seq`` is the commit-ordered feed sequence of the row.
+# writer and dropped whole by retention). Consumers that must see every message read the feed.
 
 messages = Table(
     "messages",
@@ -269,7 +269,6 @@ messages = Table(
     Column("cts", BigInteger, nullable=False),
     Column("mv", BigInteger, nullable=False),
     Column("data", JSON, nullable=False),
-    Column("seq", BigInteger, nullable=True),
     postgresql_partition_by="RANGE (ts)",
 )
 Index("ix_messages_mid", messages.c.mid)
@@ -287,7 +286,6 @@ actions = Table(
     Column("cts", BigInteger, nullable=False),
     Column("mv", BigInteger, nullable=False),
     Column("data", JSON, nullable=False),
-    Column("seq", BigInteger, nullable=True),
     postgresql_partition_by="RANGE (ts)",
 )
 Index("ix_actions_mid", actions.c.mid)
@@ -354,3 +352,12 @@ jobs = Table(
     Column("updated_on", BigInteger, nullable=False),
 )
 Index("ix_jobs_status_run_at", jobs.c.status, jobs.c.run_at)
+
+# Per-device retention of messages and actions, overriding ``message_retention_days``.
+device_retention = Table(
+    "device_retention",
+    metadata,
+    Column("did", ID, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("days", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)

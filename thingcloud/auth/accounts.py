@@ -167,6 +167,11 @@ class AuthorizationRequest:
         return self.response_type == "token"
 
 
+def acceptable_text(value: str, limit: int = MAX_PARAM) -> bool:
+    """Short enough, and free of NUL (which PostgreSQL text cannot hold: a query would fail)."""
+    return len(value) <= limit and "\x00" not in value
+
+
 def with_params(uri: str, values: dict[str, str], fragment: bool = False) -> str:
     """``uri`` with ``values`` added to its query (kept as registered) or set as its fragment."""
     parts = urlsplit(uri)
@@ -184,8 +189,8 @@ async def parse_authorization_request(rt: Runtime, given: dict[str, str]) -> Aut
     """Validate ``/authorize`` parameters in the order that keeps redirects safe: the client and its
     redirect_uri first (``InvalidClientRequest``), then everything else (``RedirectError``)."""
     params = {k: given[k] for k in AUTHORIZE_PARAMS if given.get(k) is not None}
-    if any(len(v) > MAX_PARAM for v in params.values()):
-        raise InvalidClientRequest("A request parameter is too long")
+    if not all(acceptable_text(v) for v in params.values()):
+        raise InvalidClientRequest("A request parameter is too long or contains invalid characters")
     try:
         app = await oauth.client_application(rt, params.get("client_id"))
     except OAuthError as exc:
@@ -266,7 +271,7 @@ def denied_location(request: AuthorizationRequest) -> str:
 
 async def registered_redirect_uri(rt: Runtime, uri: str) -> bool:
     """Whether some application registered ``uri`` (logout may only redirect there)."""
-    if not uri or len(uri) > MAX_PARAM:
+    if not uri or not acceptable_text(uri):
         return False
     # A textual pre-filter on the JSON list keeps this from loading every application; the exact
     # comparison below decides.

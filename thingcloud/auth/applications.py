@@ -34,6 +34,7 @@ class Application:
     first_party: bool
     permissions: AppPermissions
     secret_encrypted: str
+    oid: str | None = None  # the organization the application belongs to
 
     def public(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class Application:
             "redirect_uris": self.redirect_uris,
             "password_grant": self.password_grant,
             "permissions": self.permissions.to_json(),
+            "organization": self.oid,
         }
 
 
@@ -56,6 +58,7 @@ def _to_app(row: Any) -> Application:
         first_party=bool(row["first_party"]),
         permissions=AppPermissions.from_json(row["permissions"]),
         secret_encrypted=row["secret_encrypted"],
+        oid=row["oid"],
     )
 
 
@@ -104,8 +107,12 @@ async def create_application(
     password_grant: bool = False,
     first_party: bool = False,
     permissions: AppPermissions | None = None,
+    oid: str | None = None,
 ) -> tuple[Application, str]:
-    """Register an application; returns it with its client secret (shown this once)."""
+    """Register an application; returns it with its client secret (shown this once).
+
+    With ``oid`` it belongs to that organization, of which its owner must be a member.
+    """
     problems: list[FieldError] = []
     if not 1 <= len(name.strip()) <= 100:
         problems.append(FieldError("name", ("Length must be 1-100",)))
@@ -127,12 +134,24 @@ async def create_application(
         "password_grant": password_grant,
         "first_party": first_party,
         "permissions": (permissions or AppPermissions()).to_json(),
+        "oid": oid,
         "created_on": now,
         "modified_on": now,
     }
     async with rt.db.write() as conn:
         if not (await conn.execute(select(t.users.c.id).where(t.users.c.id == owner_uid))).first():
             raise UserNotFound()
+        if (
+            oid is not None
+            and not (
+                await conn.execute(
+                    select(t.organization_members.c.uid).where(
+                        t.organization_members.c.oid == oid, t.organization_members.c.uid == owner_uid
+                    )
+                )
+            ).first()
+        ):
+            raise NotFound("No such organization among the owner's organizations")
         await conn.execute(insert(t.applications).values(**values))
     return _to_app(values), secret
 

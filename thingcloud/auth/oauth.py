@@ -179,7 +179,7 @@ async def grant_refresh_token(
         async with rt.db.read() as conn:
             aid = (
                 await conn.execute(
-                    select(t.tokens.c.aid).where(t.tokens.c.access_hash == token_digest(bearer))
+                    select(t.tokens.c.aid).where(t.tokens.c.access_hash == token_digest(bearer.lower()))
                 )
             ).scalar()
         if aid is None:

@@ -119,23 +119,23 @@ def redirect(location: str, status: int = 302) -> Response:
     return Response(status_code=status, headers=headers)
 
 
-def forged(rt: Runtime, request: Request) -> HTMLResponse:
-    return message(
-        rt,
-        request,
-        403,
-        "Request refused",
-        "This form has expired or was not sent from this site. Go back, reload the page and try again.",
-    )
-
-
-async def _form(rt: Runtime, request: Request) -> dict[str, str] | None:
-    """The submitted form, or None when its CSRF token does not match this browser."""
+async def _form(rt: Runtime, request: Request) -> dict[str, str] | Response:
+    """The submitted form, or the refusal: a 403 when its CSRF token does not match this browser."""
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     browser = request.cookies.get(accounts.BROWSER_COOKIE)
     session = request.cookies.get(accounts.SESSION_COOKIE)
     if not accounts.csrf_valid(rt, browser, session, form.get("csrf_token")):
-        return None
+        return message(
+            rt,
+            request,
+            403,
+            "Request refused",
+            "This form has expired or was not sent from this site. Go back, reload the page and try again.",
+        )
+    if not all(accounts.acceptable_text(v) for v in form.values()):
+        return message(
+            rt, request, 400, "Invalid request", "A field is too long or contains invalid characters."
+        )
     return form
 
 
@@ -214,8 +214,8 @@ async def signin(request: Request, rt: RuntimeDep, params: AuthorizeQuery) -> Re
 @router.post("/signin", response_class=HTMLResponse, summary="Sign-in form submission")
 async def signin_submit(request: Request, rt: RuntimeDep) -> Response:
     form = await _form(rt, request)
-    if form is None:
-        return forged(rt, request)
+    if isinstance(form, Response):
+        return form
     following = await _continue_after_signin(rt, request, form)
     if isinstance(following, Response):
         return following
@@ -248,8 +248,8 @@ async def _signed_in(rt: Runtime, request: Request, uid: str, response: Response
 @router.post("/authorize", response_class=HTMLResponse, summary="Consent form submission (Grant / Deny)")
 async def consent_submit(request: Request, rt: RuntimeDep) -> Response:
     form = await _form(rt, request)
-    if form is None:
-        return forged(rt, request)
+    if isinstance(form, Response):
+        return form
     found = await _authorization(rt, request, form)
     if isinstance(found, Response):
         return found
@@ -302,8 +302,8 @@ async def signup_submit(request: Request, rt: RuntimeDep) -> Response:
     if not rt.settings.signup_enabled:
         return _signup_disabled(rt, request)
     form = await _form(rt, request)
-    if form is None:
-        return forged(rt, request)
+    if isinstance(form, Response):
+        return form
     hidden = _carried(form)
     following: str | None = None
     if hidden:  # check where the account is going before creating it
@@ -357,7 +357,13 @@ async def logout(
         response: Response = redirect(accounts.with_params(redirect_uri, reply))
     else:
         response = message(rt, request, 200, "Signed out", "You are signed out of ThingCloud.")
-    response.delete_cookie(accounts.SESSION_COOKIE, path="/")
+    response.delete_cookie(
+        accounts.SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=rt.settings.public_base.startswith("https://"),
+    )
     return response
 
 
@@ -367,7 +373,8 @@ async def logout(
 async def _device_page(rt: Runtime, request: Request, uid: str, user_code: str) -> HTMLResponse:
     if not user_code:
         return render(rt, request, "device.html", title="Connect a device")
-    pending = await oauth.pending_device_code(rt, user_code) if len(user_code) <= 32 else None
+    valid = accounts.acceptable_text(user_code, limit=32)
+    pending = await oauth.pending_device_code(rt, user_code) if valid else None
     if pending is None:
         error = "That code is not valid or has expired. Check the code on your device."
         return render(
@@ -399,8 +406,8 @@ async def device(request: Request, rt: RuntimeDep, user_code: str | None = None)
 @router.post("/device", response_class=HTMLResponse, summary="Device flow: enter, approve or deny a code")
 async def device_submit(request: Request, rt: RuntimeDep) -> Response:
     form = await _form(rt, request)
-    if form is None:
-        return forged(rt, request)
+    if isinstance(form, Response):
+        return form
     uid = await accounts.resolve_session(rt, request.cookies.get(accounts.SESSION_COOKIE))
     if uid is None:
         return redirect("device", 303)

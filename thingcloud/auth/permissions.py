@@ -390,3 +390,11 @@ async def check_share_recipient(rt: Runtime, principal: Principal, share: Any, a
     if principal.kind == "app" and await has_granted(rt, recipient, str(principal.aid)):
         return recipient
     raise refused
+
+
+async def check_share_read(rt: Runtime, principal: Principal, device: Any, share: Any) -> None:
+    """A share is visible to the device's owner and to the share's recipient."""
+    try:
+        await check_device_owner(rt, principal, device, Access.READ)
+    except Forbidden:
+        await check_share_recipient(rt, principal, share, Access.READ)

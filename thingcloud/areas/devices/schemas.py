@@ -59,7 +59,9 @@ class DeviceCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    uid: str | None = Field(None, description="Owner; defaults to the token's user (required with app tokens)")
+    uid: str | None = Field(
+        None, description="Owner; defaults to the token's user (required with app tokens)"
+    )
     dtid: str | None = None
     name: str | None = Field(None, description="5-36 characters")
     manifestVersion: int | None = Field(None, description="> 0; defaults to the type's latest version")

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
 
+from thingcloud import feed, jobs
 from thingcloud import tables as t
 from thingcloud.areas.devices.schemas import Device, DeviceCreate, DeviceToken, DeviceUpdate
 from thingcloud.areas.devicetypes.service import device_type_row
@@ -26,9 +27,11 @@ from thingcloud.auth.permissions import (
     check_onboard,
     check_user,
     device_type_filter,
+    require_application,
 )
 from thingcloud.auth.tokens import announce_revoked, drop_device_tokens, issue_device_token
 from thingcloud.errors import FieldError, NotFound, ValidationFailed
+from thingcloud.feed import FeedEntry
 from thingcloud.ids import new_id
 from thingcloud.runtime import Runtime
 
@@ -137,6 +140,7 @@ async def get_device(rt: Runtime, principal: Principal, did: str, include_proper
 
 async def create_device(rt: Runtime, principal: Principal, body: DeviceCreate) -> Device:
     """``POST /devices``: validate, check the owner and the device type, then store (S12)."""
+    require_application(principal)  # device tokens never create devices
     problems = validate_device_fields(
         body.name, body.manifestVersionPolicy, body.manifestVersion, creating=True
     )
@@ -217,11 +221,19 @@ async def delete_device(rt: Runtime, principal: Principal, did: str) -> Device:
         await conn.execute(delete(t.device_shares).where(t.device_shares.c.did == did))
         await conn.execute(delete(t.device_snapshots).where(t.device_snapshots.c.did == did))
         await conn.execute(delete(t.device_status).where(t.device_status.c.did == did))
+        await conn.execute(delete(t.device_retention).where(t.device_retention.c.did == did))
         await conn.execute(delete(t.devices).where(t.devices.c.id == did))
+        # Its messages and actions go in the background, durably: the job commits with the delete.
+        await jobs.enqueue(
+            rt, "messages.delete_device", {"did": did}, unique_key=f"delete-device:{did}", conn=conn
+        )
+        event = {"did": did, "uid": row["uid"], "dtid": row["dtid"]}
+        await feed.append(rt, conn, [FeedEntry(kind="device.deleted", payload=event, ref=did, did=did)])
+    await feed.announce(rt)
     if revoked:
         await announce_revoked(rt, revoked)
         await rt.bus.publish("device.token.revoked", {"did": did})
-    await rt.bus.publish("device.deleted", {"did": did, "uid": row["uid"], "dtid": row["dtid"]})
+    await rt.bus.publish("device.deleted", event)
     return to_device(row)
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from thingcloud.areas.messages import retention
 from thingcloud.areas.messages.service import ingest
 from thingcloud.errors import PayloadTooLarge, ValidationFailed
-from thingcloud.rest.deps import authenticate_scope
+from thingcloud.rest.deps import Caller, RuntimeDep, authenticate_scope
 from thingcloud.runtime import Runtime
 
 
@@ -120,3 +123,42 @@ OPENAPI_PATHS: dict[str, dict[str, Any]] = {
         )
     },
 }
+
+
+# --- Retention (beyond ARTIK): a FastAPI router, documented like every other route --------------------
+
+retention_router = APIRouter(prefix="/v1.1/devices", tags=["Messages"])
+
+
+class RetentionBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    days: int | None = Field(default=None, description="Days to keep this device's data; null: the default")
+
+
+class Retention(BaseModel):
+    did: str
+    days: int | None
+    defaultDays: int | None
+    effectiveDays: int | None
+
+
+class RetentionEnvelope(BaseModel):
+    data: Retention
+
+
+@retention_router.get(
+    "/{did}/retention",
+    response_model=RetentionEnvelope,
+    summary="Get a device's message retention (extension)",
+)
+async def get_retention(rt: RuntimeDep, caller: Caller, did: str) -> RetentionEnvelope:
+    return RetentionEnvelope(data=Retention(**await retention.get_retention(rt, caller, did)))
+
+
+@retention_router.put(
+    "/{did}/retention",
+    response_model=RetentionEnvelope,
+    summary="Set a device's message retention (extension)",
+)
+async def put_retention(rt: RuntimeDep, caller: Caller, did: str, body: RetentionBody) -> RetentionEnvelope:
+    return RetentionEnvelope(data=Retention(**await retention.set_retention(rt, caller, did, body.days)))

@@ -188,16 +188,8 @@ async def _ingest_action(
     return await rt.writer.submit(Pending("action", row, ddid))
 
 
-def public_message(item: Pending) -> dict[str, Any]:
-    """The normalized message/action JSON as clients see it (REFERENCE.md §3.7)."""
-    row = item.row
-    if item.kind == "message":
-        return {k: row[k] for k in ("mid", "sdid", "sdtid", "uid", "ts", "cts", "mv", "data")}
-    return {k: row[k] for k in ("mid", "ddid", "ddtid", "sdid", "uid", "ts", "cts", "mv", "data")}
-
-
 async def publish_committed(rt: Runtime, items: list[Pending]) -> None:
     """Fast path for live consumers: each stored message/action on the bus (after the commit)."""
     for item in items:
         subject = f"message.{item.did}" if item.kind == "message" else f"action.{item.did}"
-        await rt.bus.publish(subject, public_message(item))
+        await rt.bus.publish(subject, item.public())

@@ -1,11 +1,11 @@
 """The group-commit writer: every concurrently ingested message shares one transaction.
 
 Senders hand a ``Pending`` item to ``submit`` and wait; one writer task per process takes everything
-queued, writes it in a single transaction (dedup keys, message and action rows, feed entries, device
-status and snapshots) and only then resolves each sender's future with its ``mid``. So a 200 (or a
-PUBACK, or a WebSocket ack) always means committed, and durability costs one fsync per batch instead
-of one per message. If the transaction fails, every sender in the batch gets the error and nothing of
-the batch is stored.
+queued and writes it in a single transaction — dedup keys, message and action rows, device status
+and snapshots, and last the feed entries that durable consumers read — and only then resolves each
+sender's future with its ``mid``. So a 200 (or a PUBACK, or a WebSocket ack) always means committed,
+and durability costs one fsync per batch instead of one per message. If the transaction fails, every
+sender in the batch gets the error and nothing of the batch is stored.
 """
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ from typing import Any
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from thingcloud import feed
 from thingcloud import tables as t
+from thingcloud.areas.devices import status
 from thingcloud.errors import Unavailable
+from thingcloud.feed import FeedEntry
 from thingcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-
-BatchHook = Callable[[AsyncConnection, list["Pending"]], Awaitable[None]]
+MESSAGE_KEYS = ("mid", "sdid", "sdtid", "uid", "ts", "cts", "mv", "data")
+ACTION_KEYS = ("mid", "ddid", "ddtid", "sdid", "uid", "ts", "cts", "mv", "data")
 
 
 @dataclass(eq=False)
@@ -41,12 +44,19 @@ class Pending:
     future: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     duplicate: bool = False
 
+    def public(self) -> dict[str, Any]:
+        """The normalized message or action as clients see it (REFERENCE.md §3.7)."""
+        keys = MESSAGE_KEYS if self.kind == "message" else ACTION_KEYS
+        return {k: self.row[k] for k in keys}
+
+    def feed_entry(self) -> FeedEntry:
+        return FeedEntry(kind=self.kind, payload=self.public(), ref=self.row["mid"], did=self.did)
+
 
 class GroupCommitWriter:
     def __init__(self, rt: Runtime, max_batch: int = MAX_BATCH) -> None:
         self.rt = rt
         self.max_batch = max_batch
-        self.hooks: list[BatchHook] = []  # run inside the batch transaction, after the rows
         self.after_commit: list[Callable[[list[Pending]], Awaitable[None]]] = []
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -111,13 +121,16 @@ class GroupCommitWriter:
             fresh = [i for i in batch if not i.duplicate]
             messages = [i.row for i in fresh if i.kind == "message"]
             actions = [i.row for i in fresh if i.kind == "action"]
-            for hook in self.hooks:
-                await hook(conn, fresh)
             if messages:
                 await conn.execute(insert(t.messages), messages)
             if actions:
                 await conn.execute(insert(t.actions), actions)
             await self._update_status(conn, fresh)
+            # Last statement before the commit (see thingcloud/feed.py: on PostgreSQL the append
+            # serializes appending transactions until they commit).
+            await feed.append(self.rt, conn, [i.feed_entry() for i in fresh])
+        if any(not i.duplicate for i in batch):
+            await feed.announce(self.rt)
 
     async def _deduplicate(self, conn: AsyncConnection, batch: list[Pending]) -> None:
         keyed: dict[tuple[str, int, str], Pending] = {}
@@ -164,58 +177,26 @@ class GroupCommitWriter:
 
     async def _update_status(self, conn: AsyncConnection, fresh: list[Pending]) -> None:
         """Last message/action time, availability, and the snapshot (newest ``ts`` wins per field)."""
-        if not fresh:
-            return
-        now = self.rt.clock.now_ms()
-        status: dict[str, dict[str, Any]] = {}
-        snapshot: dict[tuple[str, str], tuple[int, Any]] = {}
+        activity: dict[str, tuple[int | None, int | None]] = {}
+        snapshot: dict[tuple[str, str], tuple[Any, int]] = {}
         for item in fresh:
             ts = item.row["ts"]
-            entry = status.setdefault(
-                item.did,
-                {
-                    "did": item.did,
-                    "availability": "online",
-                    "connected": False,
-                    "last_message_ts": None,
-                    "last_action_ts": None,
-                    "last_time_online": now,
-                    "last_seen_on": now,
-                    "modified_on": now,
-                },
-            )
-            column = "last_message_ts" if item.kind == "message" else "last_action_ts"
-            entry[column] = max(entry[column] or 0, ts)
+            message_ts, action_ts = activity.get(item.did, (None, None))
             if item.kind == "message":
+                message_ts = max(message_ts or 0, ts)
                 for path, value in flatten(item.row["data"]):
                     key = (item.did, path)
-                    if key not in snapshot or snapshot[key][0] <= ts:
-                        snapshot[key] = (ts, value)
-        status_table = t.device_status
-        stmt = self.rt.db.upsert(status_table)
-        excluded = stmt.excluded
-        greatest = _greatest(self.rt.db.is_sqlite)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["did"],
-            set_={
-                "availability": "online",
-                "last_message_ts": greatest(status_table.c.last_message_ts, excluded.last_message_ts),
-                "last_action_ts": greatest(status_table.c.last_action_ts, excluded.last_action_ts),
-                "last_time_online": excluded.last_time_online,
-                "last_seen_on": excluded.last_seen_on,
-                "modified_on": excluded.modified_on,
-            },
-        )
-        await conn.execute(stmt, list(status.values()))
-        if snapshot:
-            snap = self.rt.db.upsert(t.device_snapshots)
-            snap = snap.on_conflict_do_update(
-                index_elements=["did", "path"],
-                set_={"value": snap.excluded.value, "ts": snap.excluded.ts},
-                where=snap.excluded.ts >= t.device_snapshots.c.ts,
-            )
-            rows = [{"did": d, "path": p, "ts": ts, "value": v} for (d, p), (ts, v) in snapshot.items()]
-            await conn.execute(snap, rows)
+                    if key not in snapshot or snapshot[key][1] <= ts:
+                        snapshot[key] = (value, ts)
+            else:
+                action_ts = max(action_ts or 0, ts)
+            activity[item.did] = (message_ts, action_ts)
+        await status.record_activity(self.rt, conn, activity)
+        await status.write_snapshots(self.rt, conn, snapshot)
+
+    def forget_partitions(self) -> None:
+        """After partitions were dropped: check again before the next insert into their range."""
+        self._partitions.clear()
 
     async def _ensure_partitions(self, batch: list[Pending]) -> None:
         """Monthly partitions on PostgreSQL, created before the batch transaction when first needed."""
@@ -224,15 +205,6 @@ class GroupCommitWriter:
         for table, start in sorted(missing):
             await create_partition(self.rt, table, start)
             self._partitions.add((table, start))
-
-
-def _greatest(is_sqlite: bool) -> Callable[[Any, Any], Any]:
-    from sqlalchemy import func
-
-    # SQLite's two-argument max() is NULL if either is NULL; coalesce keeps the known value.
-    if is_sqlite:
-        return lambda a, b: func.max(func.coalesce(a, b), func.coalesce(b, a))
-    return lambda a, b: func.greatest(a, b)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020"
-down_revision = "0002"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
@@ -29,7 +29,6 @@ def upgrade() -> None:
         sa.Column("cts", sa.BigInteger(), nullable=False),
         sa.Column("mv", sa.BigInteger(), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("seq", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("ddid", "ts", "mid", name=op.f("pk_actions")),
         postgresql_partition_by="RANGE (ts)",
     )
@@ -58,7 +57,6 @@ def upgrade() -> None:
         sa.Column("cts", sa.BigInteger(), nullable=False),
         sa.Column("mv", sa.BigInteger(), nullable=False),
         sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("seq", sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint("sdid", "ts", "mid", name=op.f("pk_messages")),
         postgresql_partition_by="RANGE (ts)",
     )
