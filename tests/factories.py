@@ -124,8 +124,10 @@ def make_device_type(
     oid: str | None = None,
     published: bool = True,
     manifests: int = 1,
+    documents: list[dict[str, Any]] | None = None,
 ) -> str:
-    """A device type (owned by a user or an organization) with ``manifests`` manifest versions."""
+    """A device type (owned by a user or an organization) with ``manifests`` manifest versions of
+    ``LAMP_MANIFEST``, or one version per manifest in ``documents``."""
     from thingcloud.areas.devicetypes import service as devicetypes
 
     async def work(rt: Any) -> str:
@@ -137,8 +139,8 @@ def make_device_type(
             oid=oid,
             published=published,
         )
-        for _ in range(manifests):
-            await devicetypes.add_manifest(rt, dt["id"], LAMP_MANIFEST, owner_uid)
+        for document in documents or [LAMP_MANIFEST] * manifests:
+            await devicetypes.add_manifest(rt, dt["id"], document, owner_uid)
         return str(dt["id"])
 
     return live.call(work)
@@ -154,6 +156,14 @@ def make_device(
     assert response.status_code == 200, response.text
     device: dict[str, Any] = response.json()["data"]
     return device
+
+
+def make_device_token(live: LiveServer, user: TestUser, did: str) -> str:
+    """A (new) device token for ``did``, created by its owner through ``PUT /v1.1/devices/{did}/tokens``."""
+    response = httpx.put(f"{live.url}/v1.1/devices/{did}/tokens", headers=user.headers)
+    assert response.status_code == 200, response.text
+    token: str = response.json()["data"]["accessToken"]
+    return token
 
 
 def make_org(live: LiveServer, members: dict[str, str]) -> str:

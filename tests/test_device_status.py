@@ -198,3 +198,21 @@ def test_device_token_reads_and_sets_its_own_status(live: LiveServer, client: ht
     )
     assert both.status_code == 403
     assert client.get(f"/v1.1/devices/{sibling['id']}/status", headers=owner.headers).json()["data"] == EMPTY
+
+
+def test_silent_http_device_goes_offline_but_a_connected_one_does_not(
+    live: LiveServer, client: httpx.Client
+) -> None:
+    owner, device = owner_with_device(live)
+    url = f"/v1.1/devices/{device['id']}/status"
+    assert client.put(url, headers=owner.headers, json={"availability": "online"}).status_code == 200
+    live.clock.advance(live.settings.http_offline_after - 5)
+    assert client.get(url, headers=owner.headers).json()["data"]["availability"] == "online"
+    live.clock.advance(10)
+    assert client.get(url, headers=owner.headers).json()["data"]["availability"] == "offline"
+
+    other = make_device(live, owner.headers, make_device_type(live, owner.id))
+    write(live, other["id"], availability="online", connected=True)
+    live.clock.advance(live.settings.http_offline_after * 3)
+    status = client.get(f"/v1.1/devices/{other['id']}/status", headers=owner.headers).json()
+    assert status["data"]["availability"] == "online"

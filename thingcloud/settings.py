@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = 10 * 1024
     future_grace_seconds: int = 60
     """How far in the future a message ``ts`` may be (ARTIK's FUTURE_GRACE_PERIOD)."""
+    http_offline_after: int = 600
+    """Seconds of silence after which a device that is not connected (HTTP only) shows offline."""
     message_retention_days: int = 0
     """Messages and actions older than this are purged (0: kept forever); devices may override."""
     dedup_window_seconds: int = 24 * 3600

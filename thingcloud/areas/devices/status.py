@@ -150,6 +150,19 @@ def _nest(rows: list[Any], with_ts: bool) -> dict[str, Any]:
     return tree
 
 
+def availability(rt: Runtime, row: Any) -> str:
+    """A device that is not connected (HTTP-only) and has been silent for ``http_offline_after``
+    seconds is offline, whatever was last recorded; computed when read, so it is exact."""
+    if row is None:
+        return "unknown"
+    recorded = str(row["availability"])
+    if recorded == "online" and not row["connected"]:
+        silent_since = row["last_seen_on"] or row["last_time_online"] or 0
+        if rt.clock.now_ms() - silent_since > rt.settings.http_offline_after * 1000:
+            return "offline"
+    return recorded
+
+
 async def _statuses(
     rt: Runtime, dids: list[str], include_snapshot: bool, with_ts: bool
 ) -> dict[str, DeviceStatus]:
@@ -175,7 +188,7 @@ async def _statuses(
             lastMessageTs=row["last_message_ts"] if row else None,
             lastActionTs=row["last_action_ts"] if row else None,
             lastTimeOnline=row["last_time_online"] if row else None,
-            availability=row["availability"] if row else "unknown",
+            availability=availability(rt, row),
             snapshot=_nest(snapshots[did], with_ts) if include_snapshot else None,
         )
         result[did] = DeviceStatus(did=did, data=data)
