@@ -19,8 +19,9 @@ from thingcloud.areas.devices.routes import router as devices_router
 from thingcloud.areas.devices.shares_routes import router as shares_router
 from thingcloud.areas.devicetypes.routes import router as devicetypes_router
 from thingcloud.areas.messages.routes import OPENAPI_PATHS as MESSAGES_OPENAPI
+from thingcloud.areas.messages.routes import endpoints as messages_endpoints
 from thingcloud.areas.messages.routes import retention_router
-from thingcloud.areas.messages.routes import routes as messages_routes
+from thingcloud.areas.messages.writer import IngestMetrics
 from thingcloud.areas.organizations.routes import router as organizations_router
 from thingcloud.areas.users.routes import router as users_router
 from thingcloud.auth.pages import router as pages_router
@@ -32,6 +33,7 @@ from thingcloud.feed import FeedMetrics
 from thingcloud.jobs.runner import JobMetrics
 from thingcloud.migrate import migrate
 from thingcloud.rest import errors
+from thingcloud.rest.hotpath import HotPath
 from thingcloud.rest.middleware import HttpMetrics, RequestContext
 from thingcloud.rest.ops import router as ops_router
 from thingcloud.runtime import Runtime
@@ -60,6 +62,7 @@ def create_app(
             shown = await first_start(rt)
             if shown:
                 print(shown, flush=True)
+        rt.writer.metrics = ingest_metrics
         await rt.jobs.start(job_metrics)
         await rt.feed.start(feed_metrics)
         log.info(
@@ -83,6 +86,7 @@ def create_app(
     registry = CollectorRegistry()
     app.state.registry = registry
     job_metrics, feed_metrics = JobMetrics(registry), FeedMetrics(registry)
+    ingest_metrics = IngestMetrics(registry)
     errors.install(app)
     for router in (
         ops_router,
@@ -96,10 +100,9 @@ def create_app(
         shares_router,
     ):
         app.include_router(router)
-    # The message hot path: plain Starlette routes, documented by hand, matched first (the router
-    # tries routes in order and every FastAPI route it passes costs a regex match).
-    app.router.routes[0:0] = messages_routes
+    # The message hot path: plain endpoints served ahead of FastAPI's stack, documented by hand.
     install_openapi(app, MESSAGES_OPENAPI)
+    app.add_middleware(HotPath, endpoints=messages_endpoints)
     app.add_middleware(RequestContext, metrics=HttpMetrics(registry))
     return app
 

@@ -8,11 +8,12 @@ favour of ours, which is redacted.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import sys
 import time
 from urllib.parse import parse_qsl, urlencode
+
+import orjson
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -58,7 +59,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(extra)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
 
 def configure_logging(level: str = "INFO", as_json: bool = True) -> None:

@@ -94,20 +94,32 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     async def _unavailable(request: Request, exc: Exception) -> Response:
-        log.warning("database unavailable: %s", exc.__class__.__name__)
-        return render(Unavailable(), request, headers={"Retry-After": "1"})
+        return render(as_api_error(exc), request, headers={"Retry-After": "1"})
 
-    for kind in (OperationalError, InterfaceError, PoolTimeout, ConnectionError, OSError):
+    for kind in TRANSIENT:
         app.add_exception_handler(kind, _unavailable)
 
     @app.exception_handler(DBAPIError)
     async def _dbapi(request: Request, exc: DBAPIError) -> Response:
-        if exc.connection_invalidated:
-            return await _unavailable(request, exc)
-        log.exception("database error")
-        return render(ApiError(), request)
+        error = as_api_error(exc)
+        return render(error, request, headers={"Retry-After": "1"} if error.status == 503 else None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return render(ApiError(), request)
+        return render(as_api_error(exc), request)
+
+
+TRANSIENT = (OperationalError, InterfaceError, PoolTimeout, ConnectionError, OSError)
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """What a client sees for any exception: service errors as they are, a database outage as 503
+    (never a wrong 200), anything else as a logged 500. Shared by the FastAPI handlers above and the
+    hot path (``rest/hotpath.py``), which runs outside FastAPI's exception middleware."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, TRANSIENT) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return Unavailable()
+    log.error("unhandled error", exc_info=exc)
+    return ApiError()

@@ -25,6 +25,7 @@ from thingcloud.areas.devices.schemas import (
 )
 from thingcloud.areas.devices.service import device_row
 from thingcloud.auth.permissions import Access, Principal, check_device
+from thingcloud.db import Database
 from thingcloud.errors import NotFound, ValidationFailed
 from thingcloud.runtime import Runtime
 
@@ -79,54 +80,69 @@ async def write_snapshots(
 ) -> None:
     """``write_snapshot`` for many devices in one statement (ingest's group commit). Each (device,
     path) must appear once: the caller keeps the newest value of a batch."""
-    if not leaves:
-        return
+    if leaves:
+        await conn.execute(snapshot_upsert(rt.db), snapshot_rows(leaves))
+
+
+def snapshot_upsert(db: Database) -> Any:
+    """The snapshot statement: a value older than the stored one is ignored. Also compiled for the
+    SQLite ingest writer (``areas/messages/sqlite_writer.py``), so both paths share one statement."""
     snap = t.device_snapshots
-    stmt = rt.db.upsert(snap)
-    stmt = stmt.on_conflict_do_update(
+    stmt = db.upsert(snap)
+    return stmt.on_conflict_do_update(
         index_elements=[snap.c.did, snap.c.path],
         set_={"value": stmt.excluded.value, "ts": stmt.excluded.ts},
         where=snap.c.ts <= stmt.excluded.ts,
     )
-    rows = [
+
+
+def snapshot_rows(leaves: Mapping[tuple[str, str], tuple[Any, int]]) -> list[dict[str, Any]]:
+    return [
         {"did": did, "path": path, "value": value, "ts": ts} for (did, path), (value, ts) in leaves.items()
     ]
-    await conn.execute(stmt, rows)
 
 
 async def record_activity(
     rt: Runtime, conn: AsyncConnection, activity: Mapping[str, tuple[int | None, int | None]]
 ) -> None:
     """Ingest's status update for many devices at once: ``{did: (last_message_ts, last_action_ts)}``.
-    Each device becomes available (online, seen now); times only move forward, as in
+    A device that sent a message becomes available (online, seen now); one that was only sent an
+    action is not heard from, so only its ``last_action_ts`` moves. Times only move forward, as in
     ``write_status``; the connection state is left to the device channels."""
-    if not activity:
-        return
-    now = rt.clock.now_ms()
-    rows = [
+    if activity:
+        await conn.execute(activity_upsert(rt.db), activity_rows(rt.clock.now_ms(), activity))
+
+
+def activity_rows(now: int, activity: Mapping[str, tuple[int | None, int | None]]) -> list[dict[str, Any]]:
+    return [
         {
             "did": did,
-            "availability": "online",
+            "availability": "unknown" if message_ts is None else "online",
             "connected": False,
             "last_message_ts": message_ts,
             "last_action_ts": action_ts,
-            "last_time_online": now,
-            "last_seen_on": now,
+            "last_time_online": None if message_ts is None else now,
+            "last_seen_on": None if message_ts is None else now,
             "modified_on": now,
         }
         for did, (message_ts, action_ts) in activity.items()
     ]
-    stmt = rt.db.upsert(_status)
+
+
+def activity_upsert(db: Database) -> Any:
+    """The statement behind ``record_activity`` (also compiled for the SQLite ingest writer)."""
+    stmt = db.upsert(_status)
     excluded = stmt.excluded
+    heard = excluded.last_message_ts.is_not(None)
     changes = {
-        "availability": excluded.availability,
-        "last_time_online": excluded.last_time_online,
-        "last_seen_on": excluded.last_seen_on,
+        "availability": case((heard, excluded.availability), else_=_status.c.availability),
+        "last_time_online": case((heard, excluded.last_time_online), else_=_status.c.last_time_online),
+        "last_seen_on": case((heard, excluded.last_seen_on), else_=_status.c.last_seen_on),
         "modified_on": excluded.modified_on,
         "last_message_ts": _forward(_status.c.last_message_ts, excluded.last_message_ts),
         "last_action_ts": _forward(_status.c.last_action_ts, excluded.last_action_ts),
     }
-    await conn.execute(stmt.on_conflict_do_update(index_elements=[_status.c.did], set_=changes), rows)
+    return stmt.on_conflict_do_update(index_elements=[_status.c.did], set_=changes)
 
 
 def _forward(current: Any, new: Any) -> Any:

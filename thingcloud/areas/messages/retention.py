@@ -106,9 +106,18 @@ async def purge(rt: Runtime, _job: Job) -> dict[str, Any]:
         dropped = await drop_partitions(rt, now - int(longest) * DAY_MS)
     dedup = await forget_dedup_keys(rt, now - rt.settings.dedup_window_seconds * 1000)
     if rt.db.is_sqlite and deleted:
-        async with rt.db.write() as conn:
-            await conn.exec_driver_sql("PRAGMA incremental_vacuum")
+        await reclaim_sqlite_space(rt)
     return {"deleted": deleted, "droppedPartitions": dropped, "dedupKeysForgotten": dedup}
+
+
+async def reclaim_sqlite_space(rt: Runtime) -> None:
+    """Hand the free pages back to the file system. ``PRAGMA incremental_vacuum`` frees one page per
+    step, and the driver steps a statement without result columns only once (one page per call); a
+    script is stepped to the end."""
+    async with rt.db.write() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.executescript("PRAGMA incremental_vacuum")
 
 
 async def forget_dedup_keys(rt: Runtime, before: int) -> int:

@@ -1,8 +1,9 @@
 """HTTP routes that send messages and actions: ``POST /v1.1/messages`` and ``POST /v1.1/actions``.
 
-These are the hot path, so they are plain Starlette routes (no FastAPI dependency machinery or
-pydantic per request): the body is decoded with orjson, authentication and rate limits go through
-the same ``authenticate_scope`` as every route, errors through the same handlers. Their OpenAPI
+These are the hot path, so they are plain Starlette endpoints served by ``rest/hotpath.py`` (no
+FastAPI dependency machinery, router or pydantic per request): the body is decoded with orjson,
+authentication and rate limits go through the same ``authenticate_scope`` as every route, errors
+through the same ``as_api_error``. Their OpenAPI
 entries are written by hand below and merged into the generated document by ``create_app``.
 """
 
@@ -15,7 +16,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from thingcloud.areas.messages import retention
 from thingcloud.areas.messages.service import ingest
@@ -59,10 +59,11 @@ async def send_actions(request: Request) -> Response:
     return _answer(await ingest(rt, principal, body))
 
 
-routes = [
-    Route("/v1.1/messages", send_message, methods=["POST"]),
-    Route("/v1.1/actions", send_actions, methods=["POST"]),
-]
+# Served by thingcloud.rest.hotpath.HotPath, keyed by (method, path).
+endpoints = {
+    ("POST", "/v1.1/messages"): send_message,
+    ("POST", "/v1.1/actions"): send_actions,
+}
 
 _ERRORS = {
     "400": {

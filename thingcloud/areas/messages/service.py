@@ -20,7 +20,7 @@ from thingcloud.areas.devicetypes import service as devicetypes
 from thingcloud.areas.messages.writer import Pending
 from thingcloud.auth.permissions import Access, Principal, check_device
 from thingcloud.bus import Bus
-from thingcloud.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from thingcloud.errors import Forbidden, NotFound, ValidationFailed
 from thingcloud.ids import new_message_id
 from thingcloud.runtime import Runtime
 
@@ -168,12 +168,7 @@ async def _ingest_action(
     device = await rt.devices.get(ddid)
     await check_device(rt, principal, device.as_row(), Access.WRITE)
     manifest = await manifest_for(rt, device)
-    if isinstance(data, dict) and set(data) - {"actions"}:
-        extra = sorted(set(data) - {"actions"})
-        raise ValidationFailed(
-            "Validation Error", [FieldError(f"data.{k}", ("Only 'actions' is allowed",)) for k in extra]
-        )
-    normalized = manifest.normalize_actions(data)
+    normalized = manifest.normalize_actions(data)  # also refuses keys besides "actions"
     row = {
         "mid": new_message_id(now),
         "ddid": ddid,

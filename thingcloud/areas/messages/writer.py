@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thingcloud import feed
 from thingcloud import tables as t
 from thingcloud.areas.devices import status
+from thingcloud.areas.messages.sqlite_writer import SqliteBatchWriter
 from thingcloud.errors import Unavailable
 from thingcloud.feed import FeedEntry
 from thingcloud.runtime import Runtime
@@ -29,6 +32,7 @@ from thingcloud.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
+DedupKey = tuple[str, int, str]
 MESSAGE_KEYS = ("mid", "sdid", "sdtid", "uid", "ts", "cts", "mv", "data")
 ACTION_KEYS = ("mid", "ddid", "ddtid", "sdid", "uid", "ts", "cts", "mv", "data")
 
@@ -53,6 +57,47 @@ class Pending:
         return FeedEntry(kind=self.kind, payload=self.public(), ref=self.row["mid"], did=self.did)
 
 
+class IngestMetrics:
+    """The ingest part of ``/metrics``: what was stored, and how well group commit groups."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.stored = Counter(
+            "thingcloud_ingest_stored_total", "Messages and actions stored", ["kind"], registry=registry
+        )
+        self.duplicates = Counter(
+            "thingcloud_ingest_duplicates_total",
+            "Re-sent messages answered with their original mid",
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "thingcloud_ingest_batch_size",
+            "Items per group-commit transaction",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "thingcloud_ingest_commit_seconds",
+            "Duration of one group-commit transaction",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=registry,
+        )
+        self.failed = Counter(
+            "thingcloud_ingest_failed_batches_total", "Group commits that failed", registry=registry
+        )
+
+    def observe(self, batch: list[Pending], seconds: float) -> None:
+        self.batch_size.observe(len(batch))
+        self.commit_seconds.observe(seconds)
+        fresh = [i for i in batch if not i.duplicate]
+        messages = sum(1 for i in fresh if i.kind == "message")
+        if messages:
+            self.stored.labels("message").inc(messages)
+        if len(fresh) > messages:
+            self.stored.labels("action").inc(len(fresh) - messages)
+        if len(batch) > len(fresh):
+            self.duplicates.inc(len(batch) - len(fresh))
+
+
 class GroupCommitWriter:
     def __init__(self, rt: Runtime, max_batch: int = MAX_BATCH) -> None:
         self.rt = rt
@@ -61,6 +106,8 @@ class GroupCommitWriter:
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._partitions: set[tuple[str, int]] = set()
+        self.metrics: IngestMetrics | None = None
+        self.sqlite = SqliteBatchWriter(rt) if rt.db.is_sqlite else None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
@@ -72,6 +119,8 @@ class GroupCommitWriter:
             return
         self._queue.put_nowait(None)
         await task
+        if self.sqlite is not None:
+            await self.sqlite.close()
 
     async def submit(self, item: Pending) -> str:
         if self._task is None:
@@ -95,14 +144,19 @@ class GroupCommitWriter:
             await self._commit_and_answer(batch)
 
     async def _commit_and_answer(self, batch: list[Pending]) -> None:
+        started = time.perf_counter()
         try:
             await self._commit(batch)
         except Exception as exc:
             log.warning("group commit of %d items failed: %s", len(batch), type(exc).__name__)
+            if self.metrics is not None:
+                self.metrics.failed.inc()
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        if self.metrics is not None:
+            self.metrics.observe(batch, time.perf_counter() - started)
         for item in batch:
             if not item.future.done():
                 item.future.set_result(item.row["mid"])
@@ -114,38 +168,36 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[Pending]) -> None:
         db = self.rt.db
-        if not db.is_sqlite:
+        keyed, repeats = _dedup_keys(batch)
+        if self.sqlite is not None:
+            await self.sqlite.commit(keyed, batch, plan_status, self.rt.clock.now_ms())
+        else:
             await self._ensure_partitions(batch)
-        async with db.write() as conn:
-            await self._deduplicate(conn, batch)
-            fresh = [i for i in batch if not i.duplicate]
-            messages = [i.row for i in fresh if i.kind == "message"]
-            actions = [i.row for i in fresh if i.kind == "action"]
-            if messages:
-                await conn.execute(insert(t.messages), messages)
-            if actions:
-                await conn.execute(insert(t.actions), actions)
-            await self._update_status(conn, fresh)
-            # Last statement before the commit (see thingcloud/feed.py: on PostgreSQL the append
-            # serializes appending transactions until they commit).
-            await feed.append(self.rt, conn, [i.feed_entry() for i in fresh])
+            async with db.write() as conn:
+                if keyed:
+                    await self._claim_dedup_keys(conn, keyed)
+                fresh = [i for i in batch if not i.duplicate]
+                messages = [i.row for i in fresh if i.kind == "message"]
+                actions = [i.row for i in fresh if i.kind == "action"]
+                if messages:
+                    await conn.execute(insert(t.messages), messages)
+                if actions:
+                    await conn.execute(insert(t.actions), actions)
+                await self._update_status(conn, fresh)
+                # Last statement before the commit (see thingcloud/feed.py: on PostgreSQL the append
+                # serializes appending transactions until they commit).
+                await feed.append(self.rt, conn, [i.feed_entry() for i in fresh])
+        # Only now is the first one's mid final: it may be the mid of an earlier commit.
+        for item, original in repeats:
+            item.row["mid"] = original.row["mid"]
         if any(not i.duplicate for i in batch):
             await feed.announce(self.rt)
 
-    async def _deduplicate(self, conn: AsyncConnection, batch: list[Pending]) -> None:
-        keyed: dict[tuple[str, int, str], Pending] = {}
-        for item in batch:
-            if item.dedup_digest is None:
-                continue
-            key = (item.did, item.row["ts"], item.dedup_digest)
-            original = keyed.get(key)
-            if original is not None:  # the same message twice in one batch
-                item.duplicate = True
-                item.row["mid"] = original.row["mid"]
-                continue
-            keyed[key] = item
-        if not keyed:
-            return
+    async def _claim_dedup_keys(
+        self, conn: AsyncConnection, keyed: dict[tuple[str, int, str], Pending]
+    ) -> None:
+        """Record the batch's dedup keys; an item whose key exists already becomes a duplicate of the
+        stored message and takes its mid."""
         now = self.rt.clock.now_ms()
         rows = [
             {"sdid": k[0], "ts": k[1], "digest": k[2], "mid": item.row["mid"], "created_on": now}
@@ -177,20 +229,7 @@ class GroupCommitWriter:
 
     async def _update_status(self, conn: AsyncConnection, fresh: list[Pending]) -> None:
         """Last message/action time, availability, and the snapshot (newest ``ts`` wins per field)."""
-        activity: dict[str, tuple[int | None, int | None]] = {}
-        snapshot: dict[tuple[str, str], tuple[Any, int]] = {}
-        for item in fresh:
-            ts = item.row["ts"]
-            message_ts, action_ts = activity.get(item.did, (None, None))
-            if item.kind == "message":
-                message_ts = max(message_ts or 0, ts)
-                for path, value in flatten(item.row["data"]):
-                    key = (item.did, path)
-                    if key not in snapshot or snapshot[key][1] <= ts:
-                        snapshot[key] = (value, ts)
-            else:
-                action_ts = max(action_ts or 0, ts)
-            activity[item.did] = (message_ts, action_ts)
+        activity, snapshot = plan_status(fresh)
         await status.record_activity(self.rt, conn, activity)
         await status.write_snapshots(self.rt, conn, snapshot)
 
@@ -205,6 +244,46 @@ class GroupCommitWriter:
         for table, start in sorted(missing):
             await create_partition(self.rt, table, start)
             self._partitions.add((table, start))
+
+
+def _dedup_keys(batch: list[Pending]) -> tuple[dict[DedupKey, Pending], list[tuple[Pending, Pending]]]:
+    """The batch's dedup keys, first occurrence each, and the repeats of a key within the batch
+    (already duplicates: they take the first one's mid once it is final)."""
+    keyed: dict[DedupKey, Pending] = {}
+    repeats: list[tuple[Pending, Pending]] = []
+    for item in batch:
+        if item.dedup_digest is None:
+            continue
+        key = (item.did, item.row["ts"], item.dedup_digest)
+        original = keyed.get(key)
+        if original is not None:
+            item.duplicate = True
+            repeats.append((item, original))
+            continue
+        keyed[key] = item
+    return keyed, repeats
+
+
+def plan_status(
+    fresh: list[Pending],
+) -> tuple[dict[str, tuple[int | None, int | None]], dict[tuple[str, str], tuple[Any, int]]]:
+    """What a batch changes in device status: ``{did: (last_message_ts, last_action_ts)}`` and the
+    snapshot leaves ``{(did, path): (value, ts)}``, keeping the newest ``ts`` per field."""
+    activity: dict[str, tuple[int | None, int | None]] = {}
+    snapshot: dict[tuple[str, str], tuple[Any, int]] = {}
+    for item in fresh:
+        ts = item.row["ts"]
+        message_ts, action_ts = activity.get(item.did, (None, None))
+        if item.kind == "message":
+            message_ts = max(message_ts or 0, ts)
+            for path, value in flatten(item.row["data"]):
+                key = (item.did, path)
+                if key not in snapshot or snapshot[key][1] <= ts:
+                    snapshot[key] = (value, ts)
+        else:
+            action_ts = max(action_ts or 0, ts)
+        activity[item.did] = (message_ts, action_ts)
+    return activity, snapshot
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
