@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = 10 * 1024
     future_grace_seconds: int = 60
     """How far in the future a message ``ts`` may be (ARTIK's FUTURE_GRACE_PERIOD)."""
+    ingest_writers: int = 4
+    """Group commits in flight at once on PostgreSQL (SQLite always has one writer)."""
     http_offline_after: int = 600
     """Seconds of silence after which a device that is not connected (HTTP only) shows offline."""
     message_retention_days: int = 0

@@ -125,7 +125,7 @@ def activity_rows(now: int, activity: Mapping[str, tuple[int | None, int | None]
             "last_seen_on": None if message_ts is None else now,
             "modified_on": now,
         }
-        for did, (message_ts, action_ts) in activity.items()
+        for did, (message_ts, action_ts) in sorted(activity.items())  # a fixed lock order, as above
     ]
 
 

@@ -18,15 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy import insert, select, tuple_
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import select
 
 from thingcloud import feed
 from thingcloud import tables as t
-from thingcloud.areas.devices import status
-from thingcloud.areas.messages.sqlite_writer import SqliteBatchWriter
-from thingcloud.errors import Unavailable
-from thingcloud.feed import FeedEntry
+from thingcloud.areas.messages.batchsql import PostgresBatchWriter, SqliteBatchWriter
+from thingcloud.errors import NotFound, Unavailable
 from thingcloud.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -52,9 +49,6 @@ class Pending:
         """The normalized message or action as clients see it (REFERENCE.md §3.7)."""
         keys = MESSAGE_KEYS if self.kind == "message" else ACTION_KEYS
         return {k: self.row[k] for k in keys}
-
-    def feed_entry(self) -> FeedEntry:
-        return FeedEntry(kind=self.kind, payload=self.public(), ref=self.row["mid"], did=self.did)
 
 
 class IngestMetrics:
@@ -104,26 +98,33 @@ class GroupCommitWriter:
         self.max_batch = max_batch
         self.after_commit: list[Callable[[list[Pending]], Awaitable[None]]] = []
         self._queue: asyncio.Queue[Pending | None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._partitions: set[tuple[str, int]] = set()
         self.metrics: IngestMetrics | None = None
-        self.sqlite = SqliteBatchWriter(rt) if rt.db.is_sqlite else None
+        self.store = SqliteBatchWriter(rt) if rt.db.is_sqlite else PostgresBatchWriter(rt)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+        # SQLite has one writer. PostgreSQL commits are bound by round trips and the WAL flush, not
+        # by CPU, so several batches commit at once; their row locks are taken in a fixed order
+        # (sorted rows), so two batches never deadlock.
+        writers = 1 if self.rt.db.is_sqlite else max(1, self.rt.settings.ingest_writers)
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"group-commit-writer-{n}") for n in range(writers)
+        ]
 
     async def stop(self) -> None:
         """Commit everything already queued, then stop (graceful shutdown loses nothing)."""
-        task, self._task = self._task, None
-        if task is None:
+        tasks, self._tasks = self._tasks, []
+        if not tasks:
             return
-        self._queue.put_nowait(None)
-        await task
-        if self.sqlite is not None:
-            await self.sqlite.close()
+        for _ in tasks:
+            self._queue.put_nowait(None)  # behind everything already queued
+        await asyncio.gather(*tasks)
+        if isinstance(self.store, SqliteBatchWriter):
+            await self.store.close()
 
     async def submit(self, item: Pending) -> str:
-        if self._task is None:
+        if not self._tasks:
             raise Unavailable("The server is shutting down")
         self._queue.put_nowait(item)
         return await item.future
@@ -148,6 +149,9 @@ class GroupCommitWriter:
         try:
             await self._commit(batch)
         except Exception as exc:
+            if gone := await self._devices_gone(batch):
+                await self._without_devices(batch, gone)
+                return
             log.warning("group commit of %d items failed: %s", len(batch), type(exc).__name__)
             if self.metrics is not None:
                 self.metrics.failed.inc()
@@ -166,72 +170,41 @@ class GroupCommitWriter:
             except Exception:
                 log.exception("after-commit callback failed")
 
+    async def _devices_gone(self, batch: list[Pending]) -> set[str]:
+        """After a failed commit: the batch's devices that no longer exist."""
+        dids = {i.did for i in batch}
+        try:
+            async with self.rt.db.read() as conn:
+                found = await conn.execute(select(t.devices.c.id).where(t.devices.c.id.in_(dids)))
+                return dids - set(found.scalars())
+        except Exception:
+            return set()
+
+    async def _without_devices(self, batch: list[Pending], gone: set[str]) -> None:
+        """A device was deleted after ingest looked it up (on another node whose cache still had it,
+        or while its messages were queued here), and the foreign keys of its status refused the
+        batch: its items answer 404 and the rest is committed again without them. The check costs
+        nothing on the hot path, and no message is ever stored after its device's deletion."""
+        rest = []
+        for item in batch:
+            if item.did in gone:
+                item.future.set_exception(NotFound(f"Device {item.did} not found"))
+            else:
+                item.duplicate = False  # found again by the next attempt
+                rest.append(item)
+        if rest:
+            await self._commit_and_answer(rest)
+
     async def _commit(self, batch: list[Pending]) -> None:
-        db = self.rt.db
         keyed, repeats = _dedup_keys(batch)
-        if self.sqlite is not None:
-            await self.sqlite.commit(keyed, batch, plan_status, self.rt.clock.now_ms())
-        else:
+        if not self.rt.db.is_sqlite:
             await self._ensure_partitions(batch)
-            async with db.write() as conn:
-                if keyed:
-                    await self._claim_dedup_keys(conn, keyed)
-                fresh = [i for i in batch if not i.duplicate]
-                messages = [i.row for i in fresh if i.kind == "message"]
-                actions = [i.row for i in fresh if i.kind == "action"]
-                if messages:
-                    await conn.execute(insert(t.messages), messages)
-                if actions:
-                    await conn.execute(insert(t.actions), actions)
-                await self._update_status(conn, fresh)
-                # Last statement before the commit (see thingcloud/feed.py: on PostgreSQL the append
-                # serializes appending transactions until they commit).
-                await feed.append(self.rt, conn, [i.feed_entry() for i in fresh])
+        await self.store.commit(keyed, batch, plan_status, self.rt.clock.now_ms())
         # Only now is the first one's mid final: it may be the mid of an earlier commit.
         for item, original in repeats:
             item.row["mid"] = original.row["mid"]
         if any(not i.duplicate for i in batch):
             await feed.announce(self.rt)
-
-    async def _claim_dedup_keys(
-        self, conn: AsyncConnection, keyed: dict[tuple[str, int, str], Pending]
-    ) -> None:
-        """Record the batch's dedup keys; an item whose key exists already becomes a duplicate of the
-        stored message and takes its mid."""
-        now = self.rt.clock.now_ms()
-        rows = [
-            {"sdid": k[0], "ts": k[1], "digest": k[2], "mid": item.row["mid"], "created_on": now}
-            for k, item in keyed.items()
-        ]
-        # One multi-row INSERT … ON CONFLICT DO NOTHING RETURNING: the rows it returns are new, the
-        # others already existed within the window.
-        stmt = (
-            self.rt.db.upsert(t.message_dedup)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["sdid", "ts", "digest"])
-            .returning(t.message_dedup.c.sdid, t.message_dedup.c.ts, t.message_dedup.c.digest)
-        )
-        inserted = {(r[0], r[1], r[2]) for r in (await conn.execute(stmt)).all()}
-        conflicts = [k for k in keyed if k not in inserted]
-        if not conflicts:
-            return
-        found = await conn.execute(
-            select(
-                t.message_dedup.c.sdid, t.message_dedup.c.ts, t.message_dedup.c.digest, t.message_dedup.c.mid
-            ).where(
-                tuple_(t.message_dedup.c.sdid, t.message_dedup.c.ts, t.message_dedup.c.digest).in_(conflicts)
-            )
-        )
-        for sdid, ts, digest, mid in found:
-            item = keyed[(sdid, ts, digest)]
-            item.duplicate = True
-            item.row["mid"] = mid
-
-    async def _update_status(self, conn: AsyncConnection, fresh: list[Pending]) -> None:
-        """Last message/action time, availability, and the snapshot (newest ``ts`` wins per field)."""
-        activity, snapshot = plan_status(fresh)
-        await status.record_activity(self.rt, conn, activity)
-        await status.write_snapshots(self.rt, conn, snapshot)
 
     def forget_partitions(self) -> None:
         """After partitions were dropped: check again before the next insert into their range."""
