@@ -133,3 +133,64 @@ def test_unknown_route_gets_artik_error(client: httpx.Client) -> None:
     response = client.get("/v1.1/nothing-here")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == 404
+
+
+def test_deleting_a_user_takes_their_devices_and_messages(live: LiveServer, client: httpx.Client) -> None:
+    from sqlalchemy import func, select
+
+    from thingcloud import tables as t
+    from thingcloud.areas.users import service as users
+
+    from .factories import make_device, make_device_token, make_device_type
+
+    owner = make_user(live)
+    dtid = make_device_type(live, owner.id)
+    device = make_device(live, owner.headers, dtid)
+    device_token = {"Authorization": f"Bearer {make_device_token(live, owner, device['id'])}"}
+    sent = client.post("/v1.1/messages", headers=device_token, json={"data": {"temp": 20}})
+    assert sent.status_code == 200, sent.text
+
+    async def delete(rt: object) -> object:
+        return await users.delete_user(rt, owner.email)  # type: ignore[arg-type]
+
+    live.call(delete)
+    assert client.get(f"/v1.1/devices/{device['id']}", headers=device_token).status_code == 401
+
+    async def leftovers(rt: object) -> tuple[int, int, int]:
+        async with rt.db.read() as conn:  # type: ignore[attr-defined]
+            devices = await conn.scalar(
+                select(func.count()).select_from(t.devices).where(t.devices.c.uid == owner.id)
+            )
+            types = await conn.scalar(
+                select(func.count()).select_from(t.device_types).where(t.device_types.c.id == dtid)
+            )
+            jobs = await conn.scalar(
+                select(func.count())
+                .select_from(t.jobs)
+                .where(t.jobs.c.unique_key == f"delete-device:{device['id']}")
+            )
+        return devices, types, jobs
+
+    assert live.call(leftovers) == (0, 0, 1)  # the device, its type and a job deleting its messages
+
+
+def test_a_user_whose_device_type_others_use_is_not_deleted(live: LiveServer, client: httpx.Client) -> None:
+    from thingcloud.areas.users import service as users
+    from thingcloud.errors import Conflict
+
+    from .factories import make_device, make_device_type
+
+    maker = make_user(live)
+    dtid = make_device_type(live, maker.id, published=True)
+    other = make_user(live)
+    make_device(live, other.headers, dtid)
+
+    async def delete(rt: object) -> str:
+        try:
+            await users.delete_user(rt, maker.email)  # type: ignore[arg-type]
+        except Conflict as exc:
+            return exc.message
+        return "deleted"
+
+    assert dtid in live.call(delete)
+    assert client.get("/v1.1/users/self", headers=maker.headers).status_code == 200

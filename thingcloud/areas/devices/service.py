@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thingcloud import feed, jobs
 from thingcloud import tables as t
@@ -217,24 +218,50 @@ async def delete_device(rt: Runtime, principal: Principal, did: str) -> Device:
     row = await device_row(rt, did)
     await check_device_owner(rt, principal, row, Access.WRITE)
     async with rt.db.write() as conn:
-        revoked = await drop_device_tokens(conn, did)
-        await conn.execute(delete(t.device_shares).where(t.device_shares.c.did == did))
-        await conn.execute(delete(t.device_snapshots).where(t.device_snapshots.c.did == did))
-        await conn.execute(delete(t.device_status).where(t.device_status.c.did == did))
-        await conn.execute(delete(t.device_retention).where(t.device_retention.c.did == did))
+        removal = await remove_devices(rt, conn, [row])
+        await record_removal(rt, conn, removal)
+    await announce_removal(rt, removal)
+    return to_device(row)
+
+
+DeviceRemoval = tuple[list[str], list[dict[str, Any]]]
+
+
+async def remove_devices(rt: Runtime, conn: AsyncConnection, rows: list[Any]) -> DeviceRemoval:
+    """Delete devices in the caller's transaction (device deletion, user deletion): tokens, shares,
+    status, snapshot and retention go at once; their messages and actions in the background, durably
+    (the job commits with the delete). Then ``record_removal`` (last in the transaction) and, after
+    the commit, ``announce_removal``."""
+    revoked: list[str] = []
+    events: list[dict[str, Any]] = []
+    for row in rows:
+        did = row["id"]
+        revoked += await drop_device_tokens(conn, did)
+        for table in (t.device_shares, t.device_snapshots, t.device_status, t.device_retention):
+            await conn.execute(delete(table).where(table.c.did == did))
         await conn.execute(delete(t.devices).where(t.devices.c.id == did))
-        # Its messages and actions go in the background, durably: the job commits with the delete.
         await jobs.enqueue(
             rt, "messages.delete_device", {"did": did}, unique_key=f"delete-device:{did}", conn=conn
         )
-        event = {"did": did, "uid": row["uid"], "dtid": row["dtid"]}
-        await feed.append(rt, conn, [FeedEntry(kind="device.deleted", payload=event, ref=did, did=did)])
-    await feed.announce(rt)
+        events.append({"did": did, "uid": row["uid"], "dtid": row["dtid"]})
+    return revoked, events
+
+
+async def record_removal(rt: Runtime, conn: AsyncConnection, removal: DeviceRemoval) -> None:
+    """``device.deleted`` on the durable feed; the last statement of the transaction (thingcloud/feed.py)."""
+    entries = [FeedEntry(kind="device.deleted", payload=e, ref=e["did"], did=e["did"]) for e in removal[1]]
+    await feed.append(rt, conn, entries)
+
+
+async def announce_removal(rt: Runtime, removal: DeviceRemoval) -> None:
+    revoked, events = removal
+    if events:
+        await feed.announce(rt)
     if revoked:
         await announce_revoked(rt, revoked)
-        await rt.bus.publish("device.token.revoked", {"did": did})
-    await rt.bus.publish("device.deleted", event)
-    return to_device(row)
+    for event in events:
+        await rt.bus.publish("device.token.revoked", {"did": event["did"]})
+        await rt.bus.publish("device.deleted", event)
 
 
 async def list_user_devices(

@@ -12,6 +12,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from thingcloud import tables as t
+from thingcloud.areas.devices.service import announce_removal, record_removal, remove_devices
 from thingcloud.areas.users.schemas import AppProperties, User
 from thingcloud.auth.crypto import hash_password
 from thingcloud.errors import (
@@ -156,7 +157,8 @@ async def set_password(rt: Runtime, email: str, password: str) -> User:
 
 
 async def delete_user(rt: Runtime, email: str) -> User:
-    """Delete a user with everything they own (tokens, applications, grants, properties...)."""
+    """Delete a user with everything they own: devices (their messages in the background), device
+    types no one else uses, tokens, applications, grants, properties, sessions, memberships."""
     async with rt.db.write() as conn:
         row = (
             (await conn.execute(select(t.users).where(t.users.c.email == email.strip().lower())))
@@ -166,6 +168,25 @@ async def delete_user(rt: Runtime, email: str) -> User:
         if row is None:
             raise UserNotFound()
         uid = row["id"]
+        # Device types of the user that other users' devices still use cannot go with the user.
+        in_use = (
+            (
+                await conn.execute(
+                    select(t.device_types.c.id)
+                    .join(t.devices, t.devices.c.dtid == t.device_types.c.id)
+                    .where(t.device_types.c.owner_uid == uid, t.devices.c.uid != uid)
+                    .distinct()
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if in_use:
+            raise Conflict(
+                "The user's device types are used by other users' devices: " + ", ".join(sorted(in_use))
+            )
+        owned = (await conn.execute(select(t.devices).where(t.devices.c.uid == uid))).mappings().all()
+        removal = await remove_devices(rt, conn, list(owned))
         owned_apps = select(t.applications.c.id).where(t.applications.c.owner_uid == uid)
         hashes = [
             r[0]
@@ -185,6 +206,8 @@ async def delete_user(rt: Runtime, email: str) -> User:
         await conn.execute(delete(t.web_sessions).where(t.web_sessions.c.uid == uid))
         await conn.execute(delete(t.applications).where(t.applications.c.owner_uid == uid))
         await conn.execute(delete(t.users).where(t.users.c.id == uid))
+        await record_removal(rt, conn, removal)
+    await announce_removal(rt, removal)
     await rt.bus.publish("token.revoked", {"hashes": hashes})
     await rt.bus.publish("user.deleted", {"uid": uid})
     return to_user(row)
