@@ -22,8 +22,8 @@ from thingcloud.ratelimit import CounterStore, MemoryCounters, RateLimiter, Redi
 from thingcloud.settings import Settings
 
 if TYPE_CHECKING:
+    from thingcloud.areas.devices.directory import DeviceDirectory
     from thingcloud.areas.devicetypes.service import ManifestCache
-    from thingcloud.areas.messages.service import DeviceDirectory
     from thingcloud.areas.messages.writer import GroupCommitWriter
     from thingcloud.auth.tokens import TokenCache
     from thingcloud.feed import Feed
@@ -49,8 +49,9 @@ class Runtime:
     jobs: JobRunner = field(init=False)
 
     def __post_init__(self) -> None:
+        from thingcloud.areas.devices.directory import DeviceDirectory
         from thingcloud.areas.devicetypes.service import ManifestCache
-        from thingcloud.areas.messages.service import DeviceDirectory, publish_committed
+        from thingcloud.areas.messages.service import publish_committed
         from thingcloud.areas.messages.writer import GroupCommitWriter
         from thingcloud.auth.tokens import TokenCache
         from thingcloud.feed import Feed
@@ -87,6 +88,7 @@ class Runtime:
         await self.token_cache.attach(self.bus)
         await self.manifests.attach(self.bus)
         await self.devices.attach(self.bus)
+        await self.writer.attach(self.bus)
         await self.writer.start()
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, select, text, tuple_
 
 from thingcloud import tables as t
+from thingcloud.areas.messages.writer import PARTITIONS_DROPPED
 from thingcloud.auth.permissions import Access, Principal, check_device_owner
 from thingcloud.errors import ValidationFailed
 from thingcloud.jobs import Job, job
@@ -154,7 +155,8 @@ async def drop_partitions(rt: Runtime, before: int) -> list[str]:
                 await conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
             dropped.append(name)
     if dropped:
-        rt.writer.forget_partitions()
+        # Every node's writer caches which partitions exist: tell them all.
+        await rt.bus.publish(PARTITIONS_DROPPED, {"partitions": dropped})
     return dropped
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from thingcloud import feed
 from thingcloud import tables as t
 from thingcloud.areas.messages.batchsql import PostgresBatchWriter, SqliteBatchWriter
+from thingcloud.bus import Bus
 from thingcloud.errors import NotFound, Unavailable
 from thingcloud.runtime import Runtime
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 DedupKey = tuple[str, int, str]
+PARTITIONS_DROPPED = "messages.partitions.dropped"
 MESSAGE_KEYS = ("mid", "sdid", "sdtid", "uid", "ts", "cts", "mv", "data")
 ACTION_KEYS = ("mid", "ddid", "ddtid", "sdid", "uid", "ts", "cts", "mv", "data")
 
@@ -206,8 +208,11 @@ class GroupCommitWriter:
         if any(not i.duplicate for i in batch):
             await feed.announce(self.rt)
 
-    def forget_partitions(self) -> None:
-        """After partitions were dropped: check again before the next insert into their range."""
+    async def attach(self, bus: Bus) -> None:
+        await bus.subscribe(PARTITIONS_DROPPED, self._forget_partitions)
+
+    async def _forget_partitions(self, _subject: str, _payload: dict[str, Any]) -> None:
+        """Partitions were dropped (by the purge, on any node): check again before the next insert."""
         self._partitions.clear()
 
     async def _ensure_partitions(self, batch: list[Pending]) -> None:
