@@ -3,8 +3,6 @@ status and the users' device and share lists — asserting on the SDK's own mode
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import artikcloud
 import httpx
 import pytest
@@ -12,30 +10,7 @@ from artikcloud.rest import ApiException
 
 from ..conftest import LiveServer
 from ..factories import make_device_type, make_user
-
-
-class Sdk:
-    def __init__(self, live: LiveServer) -> None:
-        self.config = artikcloud.Configuration()
-        self.config.host = live.url + "/v1.1"
-        client = artikcloud.ApiClient()
-        self.devices = artikcloud.DevicesApi(client)
-        self.shares = artikcloud.DevicesSharesApi(client)
-        self.status = artikcloud.DevicesStatusApi(client)
-        self.users = artikcloud.UsersApi(client)
-
-    def use(self, token: str) -> None:
-        self.config.access_token = token
-
-
-@pytest.fixture()
-def sdk(live: LiveServer) -> Iterator[Sdk]:
-    config = artikcloud.Configuration()
-    saved = (config.host, config.access_token)
-    try:
-        yield Sdk(live)
-    finally:
-        config.host, config.access_token = saved
+from .conftest import Sdk
 
 
 def test_device_crud(live: LiveServer, sdk: Sdk) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import artikcloud
@@ -15,6 +14,7 @@ from artikcloud.rest import ApiException
 
 from ..conftest import LiveServer
 from ..factories import make_user
+from .conftest import Sdk
 
 MANIFEST: dict[str, Any] = {
     "fields": [
@@ -23,28 +23,6 @@ MANIFEST: dict[str, Any] = {
     ],
     "actions": [{"name": "setOn", "description": "Turn on"}],
 }
-
-
-class Sdk:
-    def __init__(self, live: LiveServer) -> None:
-        self.config = artikcloud.Configuration()
-        self.config.host = live.url + "/v1.1"
-        client = artikcloud.ApiClient()
-        self.device_types = artikcloud.DeviceTypesApi(client)
-        self.users = artikcloud.UsersApi(client)
-
-    def use(self, token: str) -> None:
-        self.config.access_token = token
-
-
-@pytest.fixture()
-def sdk(live: LiveServer) -> Iterator[Sdk]:
-    config = artikcloud.Configuration()
-    saved = (config.host, config.access_token)
-    try:
-        yield Sdk(live)
-    finally:
-        config.host, config.access_token = saved
 
 
 def post(live: LiveServer, token: str, path: str, body: Any) -> dict[str, Any]:

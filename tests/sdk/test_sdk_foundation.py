@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import artikcloud
@@ -17,33 +16,10 @@ from artikcloud.rest import ApiException
 
 from ..conftest import LiveServer
 from ..factories import app_token, make_app, make_user, password_token
+from .conftest import Sdk
 
 if TYPE_CHECKING:  # imported for the annotation only: pytest would try to collect a Test* class
     from ..factories import TestUser
-
-
-class Sdk:
-    """The SDK's two APIs under test, sharing one ``ApiClient`` bound to the live server."""
-
-    def __init__(self, live: LiveServer) -> None:
-        self.config = artikcloud.Configuration()
-        self.config.host = live.url + "/v1.1"
-        client = artikcloud.ApiClient()
-        self.users = artikcloud.UsersApi(client)
-        self.tokens = artikcloud.TokensApi(client)
-
-    def use(self, token: str) -> None:
-        self.config.access_token = token
-
-
-@pytest.fixture()
-def sdk(live: LiveServer) -> Iterator[Sdk]:
-    config = artikcloud.Configuration()
-    saved = (config.host, config.access_token)
-    try:
-        yield Sdk(live)
-    finally:
-        config.host, config.access_token = saved
 
 
 def error_of(exc: ApiException) -> dict[str, object]:
