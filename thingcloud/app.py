@@ -19,6 +19,7 @@ from thingcloud import __version__
 from thingcloud.areas.devices.routes import router as devices_router
 from thingcloud.areas.devices.shares_routes import router as shares_router
 from thingcloud.areas.devicetypes.routes import router as devicetypes_router
+from thingcloud.areas.messages.query_routes import router as message_queries_router
 from thingcloud.areas.messages.routes import OPENAPI_PATHS as MESSAGES_OPENAPI
 from thingcloud.areas.messages.routes import endpoints as messages_endpoints
 from thingcloud.areas.messages.routes import retention_router
@@ -29,10 +30,12 @@ from thingcloud.auth.pages import router as pages_router
 from thingcloud.auth.routes import router as tokens_router
 from thingcloud.bootstrap import first_start
 from thingcloud.bus import Bus
+from thingcloud.channels import websocket as channels
 from thingcloud.clock import Clock
 from thingcloud.feed import FeedMetrics
 from thingcloud.jobs.runner import JobMetrics
 from thingcloud.migrate import migrate
+from thingcloud.natsbus import BusMetrics, NatsBus
 from thingcloud.rest import errors
 from thingcloud.rest.hotpath import HotPath
 from thingcloud.rest.middleware import HttpMetrics, RequestContext
@@ -56,6 +59,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = Runtime.build(settings, clock=clock, bus=bus)
         app.state.runtime = rt
+        if isinstance(rt.bus, NatsBus):
+            rt.bus.metrics = bus_metrics
         if run_migrations:
             await migrate(rt.db)
         await rt.start()
@@ -70,6 +75,7 @@ def create_app(
         gc.freeze()
         await rt.jobs.start(job_metrics)
         await rt.feed.start(feed_metrics)
+        hub = await channels.start(app, rt)
         log.info(
             "thingcloud ready",
             extra={"fields": {"database": rt.db.engine.url.render_as_string(hide_password=True)}},
@@ -78,6 +84,7 @@ def create_app(
             yield
         finally:
             log.info("thingcloud shutting down")
+            await hub.stop()
             await rt.close()
             log.info("thingcloud stopped")
 
@@ -92,6 +99,7 @@ def create_app(
     app.state.registry = registry
     job_metrics, feed_metrics = JobMetrics(registry), FeedMetrics(registry)
     ingest_metrics = IngestMetrics(registry)
+    bus_metrics = BusMetrics(registry) if settings.nats_url or isinstance(bus, NatsBus) else None
     errors.install(app)
     for router in (
         ops_router,
@@ -103,10 +111,12 @@ def create_app(
         devicetypes_router,
         devices_router,
         shares_router,
+        message_queries_router,
     ):
         app.include_router(router)
     # The message hot path: plain endpoints served ahead of FastAPI's stack, documented by hand.
     install_openapi(app, MESSAGES_OPENAPI)
+    channels.install(app)
     app.add_middleware(HotPath, endpoints=messages_endpoints)
     app.add_middleware(RequestContext, metrics=HttpMetrics(registry))
     return app

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
+BUS_RESYNC = "bus.resync"
+"""Delivered to this node's own subscribers only (never sent to other nodes) when the bus may have
+lost messages, e.g. after a NATS reconnect: caches kept fresh by bus events drop what they hold."""
+
 
 class Subscription(Protocol):
     async def unsubscribe(self) -> None: ...

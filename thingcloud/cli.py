@@ -61,6 +61,7 @@ def _with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
         rt = Runtime.build(settings)
         try:
             await migrate(rt.db)
+            await rt.bus.start()  # over NATS: revocations and invalidations reach the running nodes
             return await work(rt)
         finally:
             await rt.close()

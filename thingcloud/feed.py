@@ -121,6 +121,14 @@ async def read_after(rt: Runtime, seq: int, limit: int) -> list[FeedEntry]:
     ]
 
 
+async def bounds(rt: Runtime) -> tuple[int, int]:
+    """(lowest, highest) seq still in the feed; (0, 0) when it is empty."""
+    f = t.feed
+    async with rt.db.read() as conn:
+        row = (await conn.execute(select(func.min(f.c.seq), func.max(f.c.seq)))).one()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
 async def trim(rt: Runtime) -> dict[str, Any]:
     """Delete entries older than ``feed_retention`` that every consumer has passed, in short chunks
     so a big backlog never holds the (SQLite) writer for long."""

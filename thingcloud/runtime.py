@@ -78,7 +78,7 @@ class Runtime:
             settings=settings,
             db=Database(settings),
             clock=clock,
-            bus=bus or InProcessBus(),
+            bus=bus or build_bus(settings),
             box=SecretBox(settings.resolved_secret_key()),
             limiter=RateLimiter(settings.rate_limits, clock, store),
         )
@@ -98,3 +98,12 @@ class Runtime:
         await self.bus.close()
         await self.limiter.store.close()
         await self.db.close()
+
+
+def build_bus(settings: Settings) -> Bus:
+    """Over NATS when ``nats_url`` is set (several nodes), otherwise in this process only."""
+    if settings.nats_url:
+        from thingcloud.natsbus import NatsBus
+
+        return NatsBus(settings.nats_url, settings.nats_subject_prefix)
+    return InProcessBus()

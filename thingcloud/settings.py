@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,6 +33,9 @@ class Settings(BaseSettings):
     port: int = 8080
 
     nats_url: str = ""
+    """Set: the bus runs over NATS (thingcloud/natsbus.py) so that several nodes act as one."""
+    nats_subject_prefix: str = "thingcloud"
+    """Put before every bus subject on NATS, so that several clouds can share one NATS server."""
     redis_url: str = ""
 
     # Tokens and OAuth2.
@@ -91,6 +95,14 @@ class Settings(BaseSettings):
     feed_retention: int = 7 * 86400
     """Feed entries older than this and already past every consumer's checkpoint are trimmed."""
 
+    # WebSocket channels (thingcloud/channels); times in seconds.
+    websocket_register_timeout: float = 30.0
+    """A /websocket client must register a device within this long after connecting."""
+    channel_ping_interval: float = 30.0
+    """``{"type":"ping"}`` on every channel this often."""
+    channel_send_queue: int = 1000
+    """Frames waiting for one client; a client that lets it fill is disconnected (slow consumer)."""
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -99,6 +111,14 @@ class Settings(BaseSettings):
     def _split_proxies(cls, value: object) -> object:
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("nats_subject_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        # Dot-separated tokens without NATS wildcards or spaces: it is put in front of subjects.
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+            raise ValueError("dot-separated tokens of letters, digits, '_' and '-'")
         return value
 
     @field_validator("rate_limits", mode="before")

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thingcloud import tables as t
 from thingcloud.auth.permissions import AppPermissions, Principal
-from thingcloud.bus import Bus
+from thingcloud.bus import BUS_RESYNC, Bus
 from thingcloud.clock import Clock
 from thingcloud.errors import Unauthorized
 from thingcloud.ids import HEX32, new_id, new_token, token_digest
@@ -57,12 +57,13 @@ class TokenCache:
 
     async def attach(self, bus: Bus) -> None:
         await bus.subscribe("token.revoked", self._on_revoked)
+        await bus.subscribe(BUS_RESYNC, self._on_revoked)  # revocations may have been missed
 
-    async def _on_revoked(self, _subject: str, payload: dict[str, Any]) -> None:
+    async def _on_revoked(self, subject: str, payload: dict[str, Any]) -> None:
         self.generation += 1
         for digest in payload.get("hashes", []):
             self._entries.pop(digest, None)
-        if payload.get("all"):
+        if payload.get("all") or subject == BUS_RESYNC:
             self._entries.clear()
 
     def get(self, digest: str) -> Principal | None:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from thingcloud import tables as t
-from thingcloud.bus import Bus
+from thingcloud.bus import BUS_RESYNC, Bus
 from thingcloud.errors import NotFound
 from thingcloud.runtime import Runtime
 
@@ -40,12 +40,18 @@ class DeviceDirectory:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._entries: dict[str, tuple[DeviceInfo, float]] = {}
+        # Bumped by every invalidation: a read that started before one must not be cached, or a
+        # device deleted (on another node) while its row was being read would stay cached.
+        self.generation = 0
 
     async def attach(self, bus: Bus) -> None:
-        for subject in ("device.updated", "device.deleted"):
+        for subject in ("device.updated", "device.deleted", BUS_RESYNC):
             await bus.subscribe(subject, self._forget)
 
-    async def _forget(self, _subject: str, payload: dict[str, Any]) -> None:
+    async def _forget(self, subject: str, payload: dict[str, Any]) -> None:
+        self.generation += 1
+        if subject == BUS_RESYNC:
+            self._entries.clear()
         self._entries.pop(payload.get("did", ""), None)
 
     async def get(self, did: str) -> DeviceInfo:
@@ -53,6 +59,7 @@ class DeviceDirectory:
         now = self.rt.clock.now()
         if entry is not None and now - entry[1] < DEVICE_CACHE_SECONDS:
             return entry[0]
+        generation = self.generation
         async with self.rt.db.read() as conn:
             row = (
                 await conn.execute(
@@ -69,6 +76,8 @@ class DeviceDirectory:
             self._entries.pop(did, None)
             raise NotFound(f"Device {did} not found")
         info = DeviceInfo(row[0], row[1], row[2], row[3], row[4])
+        if generation != self.generation:
+            return info
         if len(self._entries) > 200_000:
             self._entries.clear()
         self._entries[did] = (info, now)

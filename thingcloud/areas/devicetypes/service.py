@@ -28,7 +28,7 @@ from thingcloud.auth.permissions import (
     device_type_visible_clause,
     owns_device_type,
 )
-from thingcloud.bus import Bus
+from thingcloud.bus import BUS_RESYNC, Bus
 from thingcloud.clock import Clock, SystemClock
 from thingcloud.errors import Conflict, DeviceTypeNotFound, FieldError, NotFound, ValidationFailed
 from thingcloud.ids import new_devicetype_id
@@ -46,12 +46,17 @@ class ManifestCache:
         self._clock = clock or SystemClock()
         self._compiled: OrderedDict[tuple[str, int], Manifest] = OrderedDict()
         self._latest: dict[str, tuple[int, float]] = {}  # dtid → (version, expires at, clock seconds)
+        self.generation = 0  # bumped by every change: a read that started before one is not kept
 
     async def attach(self, bus: Bus) -> None:
         await bus.subscribe("devicetype.manifest.added", self._on_added)
+        await bus.subscribe(BUS_RESYNC, self._on_added)  # a new version may have been missed
 
-    async def _on_added(self, _subject: str, payload: dict[str, Any]) -> None:
-        self._latest.pop(payload["dtid"], None)
+    async def _on_added(self, subject: str, payload: dict[str, Any]) -> None:
+        self.generation += 1
+        if subject == BUS_RESYNC:
+            self._latest.clear()
+        self._latest.pop(payload.get("dtid", ""), None)
 
     def latest(self, dtid: str) -> int | None:
         found = self._latest.get(dtid)
@@ -59,8 +64,9 @@ class ManifestCache:
             return None
         return found[0]
 
-    def set_latest(self, dtid: str, version: int) -> None:
-        self._latest[dtid] = (version, self._clock.now() + LATEST_SECONDS)
+    def set_latest(self, dtid: str, version: int, generation: int) -> None:
+        if generation == self.generation:
+            self._latest[dtid] = (version, self._clock.now() + LATEST_SECONDS)
 
     def get(self, dtid: str, version: int) -> Manifest | None:
         manifest = self._compiled.get((dtid, version))
@@ -217,11 +223,12 @@ async def manifest(rt: Runtime, dtid: str, version: int | None = None) -> Manife
     if version is None:
         version = cache.latest(dtid)
         if version is None:
+            generation = cache.generation
             row = await device_type_row(rt, dtid)
             version = int(row["latest_version"])
             if version == 0:
                 raise NotFound("The device type has no manifest yet")
-            cache.set_latest(dtid, version)
+            cache.set_latest(dtid, version, generation)
     compiled = cache.get(dtid, version)
     if compiled is not None:
         return compiled

@@ -178,10 +178,8 @@ class _Parser:
 
     def resolve(self, name: str, at: int) -> str:
         spec = self.manifest.find_field(name)
-        if spec is None or spec.value_class is None and name.lower() != spec.path.lower():
+        if spec is None:
             raise _fail(f"Unknown field '{name}'", at)
-        if spec.value_class is None:
-            return spec.path  # a group: _exists_ on a group is allowed
         return spec.path
 
 

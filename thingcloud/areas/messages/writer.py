@@ -23,7 +23,7 @@ from sqlalchemy import select
 from thingcloud import feed
 from thingcloud import tables as t
 from thingcloud.areas.messages.batchsql import PostgresBatchWriter, SqliteBatchWriter
-from thingcloud.bus import Bus
+from thingcloud.bus import BUS_RESYNC, Bus
 from thingcloud.errors import NotFound, Unavailable
 from thingcloud.runtime import Runtime
 
@@ -210,6 +210,7 @@ class GroupCommitWriter:
 
     async def attach(self, bus: Bus) -> None:
         await bus.subscribe(PARTITIONS_DROPPED, self._forget_partitions)
+        await bus.subscribe(BUS_RESYNC, self._forget_partitions)  # a drop may have been missed
 
     async def _forget_partitions(self, _subject: str, _payload: dict[str, Any]) -> None:
         """Partitions were dropped (by the purge, on any node): check again before the next insert."""
