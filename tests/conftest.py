@@ -90,10 +90,10 @@ class LiveServer:
         runtime: Runtime = self.app.state.runtime
         return runtime
 
-    def call(self, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    def call(self, work: Callable[[Runtime], Awaitable[T]], timeout: float = 30) -> T:
         """Run a service call on the server's event loop (what the CLI does in its own process)."""
         future = asyncio.run_coroutine_threadsafe(_invoke(work, self.rt), self.loop)
-        return future.result(timeout=30)
+        return future.result(timeout=timeout)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)

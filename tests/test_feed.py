@@ -328,10 +328,11 @@ def test_trim_job_keeps_what_a_consumer_still_needs(tmp_path: Path) -> None:
         async def setup(rt: Runtime) -> None:
             await feed.record(rt, [FeedEntry("test", {"n": n}) for n in range(30)])
             consumer = await rt.feed.add("slow", first_batch_only, batch=10)
-            await eventually(lambda: consumer.checkpoint == slow.seqs[-1] if slow.entries else False)
+            # Longer than a lease: once in CI this consumer was still standing by after 15 s.
+            await eventually(lambda: consumer.checkpoint == slow.seqs[-1] if slow.entries else False, 45.0)
             await rt.feed.remove("slow")
 
-        live.call(setup)
+        live.call(setup, timeout=60)
         checkpoint = slow.seqs[-1]
         assert live.call(count_and_range)[0] == 30
 
