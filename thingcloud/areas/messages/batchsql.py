@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from thingcloud.runtime import Runtime
 
 DedupKey = tuple[str, int, str]
+Write = tuple[str, list[tuple[Any, ...]]]  # SQL and its rows, for executemany
 
 
 class CompiledStatement:
@@ -67,7 +68,7 @@ class BatchStatements:
             insert(t.feed).values({c: bindparam(c) for c in columns}), dialect, ["payload"]
         )
         d = t.message_dedup
-        self.claim = CompiledStatement(
+        self.claim_key = CompiledStatement(
             rt.db.upsert(d)
             .on_conflict_do_nothing(index_elements=["sdid", "ts", "digest"])
             .returning(d.c.mid),
@@ -80,12 +81,64 @@ class BatchStatements:
             dialect,
         )
 
+    def claim(self, key: DedupKey, item: Pending, now: int) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        """Parameters to claim a dedup key, and to look up the mid that already holds it."""
+        sdid, ts, digest = key
+        row = {"sdid": sdid, "ts": ts, "digest": digest, "mid": item.row["mid"], "created_on": now}
+        return self.claim_key.rows([row])[0], self.existing.rows([row])[0]
 
-def feed_rows(fresh: Sequence[Pending], now: int) -> list[dict[str, Any]]:
-    return [
-        {"kind": i.kind, "ref": i.row["mid"], "did": i.did, "payload": i.public(), "created_on": now}
-        for i in fresh
-    ]
+    def writes(self, batch: list[Pending], now: int) -> tuple[list[Write], Write | None]:
+        """What the batch's fresh items write, in order — messages, actions, status, snapshot — and
+        the feed append, which must come last (thingcloud/feed.py)."""
+        fresh = [i for i in batch if not i.duplicate]
+        messages = [i.row for i in fresh if i.kind == "message"]
+        actions = [i.row for i in fresh if i.kind == "action"]
+        activity, snapshot = plan_status(fresh)
+        body = [
+            (self.messages.sql, self.messages.rows(messages)),
+            (self.actions.sql, self.actions.rows(actions)),
+            (self.activity.sql, self.activity.rows(status.activity_rows(now, activity))),
+            (self.snapshots.sql, self.snapshots.rows(status.snapshot_rows(snapshot))),
+        ]
+        feed = [
+            {"kind": i.kind, "ref": i.row["mid"], "did": i.did, "payload": i.public(), "created_on": now}
+            for i in fresh
+        ]
+        return [w for w in body if w[1]], (self.feed.sql, self.feed.rows(feed)) if feed else None
+
+
+def plan_status(
+    fresh: list[Pending],
+) -> tuple[dict[str, tuple[int | None, int | None]], dict[tuple[str, str], tuple[Any, int]]]:
+    """What a batch changes in device status: ``{did: (last_message_ts, last_action_ts)}`` and the
+    snapshot leaves ``{(did, path): (value, ts)}``, keeping the newest ``ts`` per field."""
+    activity: dict[str, tuple[int | None, int | None]] = {}
+    snapshot: dict[tuple[str, str], tuple[Any, int]] = {}
+    for item in fresh:
+        ts = item.row["ts"]
+        message_ts, action_ts = activity.get(item.did, (None, None))
+        if item.kind == "message":
+            message_ts = max(message_ts or 0, ts)
+            for path, value in flatten(item.row["data"]):
+                key = (item.did, path)
+                if key not in snapshot or snapshot[key][1] <= ts:
+                    snapshot[key] = (value, ts)
+        else:
+            action_ts = max(action_ts or 0, ts)
+        activity[item.did] = (message_ts, action_ts)
+    return activity, snapshot
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Leaf values of a normalized message as (dotted path, value); lists are leaves."""
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(flatten(value, path + "."))
+        else:
+            out.append((path, value))
+    return out
 
 
 class SqliteBatchWriter(BatchStatements):
@@ -106,48 +159,28 @@ class SqliteBatchWriter(BatchStatements):
             self._conn = conn
         return self._conn
 
-    async def commit(
-        self, fresh_keys: dict[DedupKey, Pending], batch: list[Pending], plan: Any, now: int
-    ) -> None:
+    async def commit(self, keyed: dict[DedupKey, Pending], batch: list[Pending], now: int) -> None:
         """Write ``batch`` in one transaction; items whose dedup key exists become duplicates."""
         loop = asyncio.get_running_loop()
         async with self.rt.db.write_lock():
-            await loop.run_in_executor(self._executor, self._commit_sync, fresh_keys, batch, plan, now)
+            await loop.run_in_executor(self._executor, self._commit_sync, keyed, batch, now)
 
-    def _commit_sync(self, keyed: dict[DedupKey, Pending], batch: list[Pending], plan: Any, now: int) -> None:
+    def _commit_sync(self, keyed: dict[DedupKey, Pending], batch: list[Pending], now: int) -> None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if keyed:
-                self._claim_dedup_keys(conn, keyed, now)
-            fresh = [i for i in batch if not i.duplicate]
-            messages = [i.row for i in fresh if i.kind == "message"]
-            actions = [i.row for i in fresh if i.kind == "action"]
-            if messages:
-                conn.executemany(self.messages.sql, self.messages.rows(messages))
-            if actions:
-                conn.executemany(self.actions.sql, self.actions.rows(actions))
-            activity, snapshot = plan(fresh)
-            if activity:
-                conn.executemany(self.activity.sql, self.activity.rows(status.activity_rows(now, activity)))
-            if snapshot:
-                conn.executemany(self.snapshots.sql, self.snapshots.rows(status.snapshot_rows(snapshot)))
-            if fresh:
-                conn.executemany(self.feed.sql, self.feed.rows(feed_rows(fresh, now)))
+            for key, item in keyed.items():
+                claim, existing = self.claim(key, item, now)
+                if conn.execute(self.claim_key.sql, claim).fetchone() is None:
+                    item.duplicate = True
+                    item.row["mid"] = conn.execute(self.existing.sql, existing).fetchone()[0]
+            body, feed = self.writes(batch, now)
+            for sql, rows in [*body, *([feed] if feed else [])]:
+                conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    def _claim_dedup_keys(self, conn: sqlite3.Connection, keyed: dict[DedupKey, Pending], now: int) -> None:
-        """Record each dedup key; one that exists already makes its item a duplicate of the stored
-        message, which lends it its mid."""
-        for (sdid, ts, digest), item in keyed.items():
-            row = {"sdid": sdid, "ts": ts, "digest": digest, "mid": item.row["mid"], "created_on": now}
-            if conn.execute(self.claim.sql, self.claim.rows([row])[0]).fetchone() is None:
-                (mid,) = conn.execute(self.existing.sql, self.existing.rows([row])[0]).fetchone()
-                item.duplicate = True
-                item.row["mid"] = mid
 
     async def close(self) -> None:
         def shut() -> None:
@@ -166,39 +199,20 @@ class PostgresBatchWriter(BatchStatements):
         super().__init__(rt)
         self.rt = rt
 
-    async def commit(self, keyed: dict[DedupKey, Pending], batch: list[Pending], plan: Any, now: int) -> None:
+    async def commit(self, keyed: dict[DedupKey, Pending], batch: list[Pending], now: int) -> None:
         async with self.rt.db.engine.connect() as conn:
             pg = (await conn.get_raw_connection()).driver_connection
             assert pg is not None
             async with pg.transaction():
-                for (sdid, ts, digest), item in keyed.items():
-                    row = {
-                        "sdid": sdid,
-                        "ts": ts,
-                        "digest": digest,
-                        "mid": item.row["mid"],
-                        "created_on": now,
-                    }
-                    if await pg.fetchrow(self.claim.sql, *self.claim.rows([row])[0]) is None:
+                for key, item in keyed.items():
+                    claim, existing = self.claim(key, item, now)
+                    if await pg.fetchrow(self.claim_key.sql, *claim) is None:
                         item.duplicate = True
-                        item.row["mid"] = await pg.fetchval(self.existing.sql, *self.existing.rows([row])[0])
-                fresh = [i for i in batch if not i.duplicate]
-                messages = [i.row for i in fresh if i.kind == "message"]
-                actions = [i.row for i in fresh if i.kind == "action"]
-                if messages:
-                    await pg.executemany(self.messages.sql, self.messages.rows(messages))
-                if actions:
-                    await pg.executemany(self.actions.sql, self.actions.rows(actions))
-                activity, snapshot = plan(fresh)
-                if activity:
-                    await pg.executemany(
-                        self.activity.sql, self.activity.rows(status.activity_rows(now, activity))
-                    )
-                if snapshot:
-                    await pg.executemany(
-                        self.snapshots.sql, self.snapshots.rows(status.snapshot_rows(snapshot))
-                    )
-                if fresh:
+                        item.row["mid"] = await pg.fetchval(self.existing.sql, *existing)
+                body, feed = self.writes(batch, now)
+                for sql, rows in body:
+                    await pg.executemany(sql, rows)
+                if feed is not None:
                     # Last, as thingcloud.feed.append does: the advisory lock makes seq order commit order.
                     await pg.execute("SELECT pg_advisory_xact_lock($1)", FEED_LOCK)
-                    await pg.executemany(self.feed.sql, self.feed.rows(feed_rows(fresh, now)))
+                    await pg.executemany(*feed)

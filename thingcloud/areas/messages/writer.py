@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from thingcloud import feed
 from thingcloud import tables as t
-from thingcloud.areas.messages.batchsql import PostgresBatchWriter, SqliteBatchWriter
+from thingcloud.areas.messages.batchsql import DedupKey, PostgresBatchWriter, SqliteBatchWriter
 from thingcloud.bus import BUS_RESYNC, Bus
 from thingcloud.errors import NotFound, Unavailable
 from thingcloud.runtime import Runtime
@@ -30,7 +30,6 @@ from thingcloud.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-DedupKey = tuple[str, int, str]
 PARTITIONS_DROPPED = "messages.partitions.dropped"
 MESSAGE_KEYS = ("mid", "sdid", "sdtid", "uid", "ts", "cts", "mv", "data")
 ACTION_KEYS = ("mid", "ddid", "ddtid", "sdid", "uid", "ts", "cts", "mv", "data")
@@ -201,7 +200,7 @@ class GroupCommitWriter:
         keyed, repeats = _dedup_keys(batch)
         if not self.rt.db.is_sqlite:
             await self._ensure_partitions(batch)
-        await self.store.commit(keyed, batch, plan_status, self.rt.clock.now_ms())
+        await self.store.commit(keyed, batch, self.rt.clock.now_ms())
         # Only now is the first one's mid final: it may be the mid of an earlier commit.
         for item, original in repeats:
             item.row["mid"] = original.row["mid"]
@@ -241,40 +240,6 @@ def _dedup_keys(batch: list[Pending]) -> tuple[dict[DedupKey, Pending], list[tup
             continue
         keyed[key] = item
     return keyed, repeats
-
-
-def plan_status(
-    fresh: list[Pending],
-) -> tuple[dict[str, tuple[int | None, int | None]], dict[tuple[str, str], tuple[Any, int]]]:
-    """What a batch changes in device status: ``{did: (last_message_ts, last_action_ts)}`` and the
-    snapshot leaves ``{(did, path): (value, ts)}``, keeping the newest ``ts`` per field."""
-    activity: dict[str, tuple[int | None, int | None]] = {}
-    snapshot: dict[tuple[str, str], tuple[Any, int]] = {}
-    for item in fresh:
-        ts = item.row["ts"]
-        message_ts, action_ts = activity.get(item.did, (None, None))
-        if item.kind == "message":
-            message_ts = max(message_ts or 0, ts)
-            for path, value in flatten(item.row["data"]):
-                key = (item.did, path)
-                if key not in snapshot or snapshot[key][1] <= ts:
-                    snapshot[key] = (value, ts)
-        else:
-            action_ts = max(action_ts or 0, ts)
-        activity[item.did] = (message_ts, action_ts)
-    return activity, snapshot
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Leaf values of a normalized message as (dotted path, value); lists are leaves."""
-    out: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.extend(flatten(value, path + "."))
-        else:
-            out.append((path, value))
-    return out
 
 
 def month_start(ts_ms: int) -> int:
