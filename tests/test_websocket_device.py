@@ -361,8 +361,10 @@ def test_many_sockets_opened_and_dropped_quickly(live: LiveServer, client: httpx
     host, port = live.url.removeprefix("http://").split(":")
     for i in range(200):
         if i % 2:
+            # Wait for the ack: a registration still in flight when the final socket registers would
+            # (rightly) take the device from it — last registration wins.
             with open_ws(live, "/v1.1/websocket", ack="true") as ws:
-                register(ws, lamp.did, lamp.token, str(i))
+                registered(ws, lamp.did, lamp.token, str(i))
         else:  # a raw TCP connection that sends half a handshake and vanishes
             with socket.create_connection((host, int(port))) as raw:
                 raw.sendall(b"GET /v1.1/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
