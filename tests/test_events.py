@@ -87,21 +87,21 @@ def test_filters_by_device_and_name(live: LiveServer, client: httpx.Client) -> N
             raise AssertionError(f"unexpected frame {extra}")
 
 
-def test_profile_events_reach_the_users_sessions(live: LiveServer) -> None:
+def test_profile_events_reach_the_users_sessions(live: LiveServer, client: httpx.Client) -> None:
     owner, other = make_user(live), make_user(live)
     with feed(live, owner.token, events="user.*") as ws:
-
-        async def publish(rt: Any) -> None:
-            # No REST call changes the profile yet; the event as a future publisher will send it.
-            await rt.bus.publish("user.profile.updated", {"uid": other.id, "ts": 5})
-            await rt.bus.publish("user.profile.updated", {"uid": owner.id, "ts": 7})
-
-        live.call(publish)
-        assert recv(ws) == {
-            "event": "user.profile.updated",
-            "ts": 7,
-            "data": {"uid": owner.id, "aid": None, "did": None, "dtid": None},
-        }
+        # Another user's profile change is not this session's business; the owner's three are.
+        url = f"/v1.1/users/{other.id}/properties"
+        assert client.post(url, headers=other.headers, json={"properties": "x=1"}).status_code == 200
+        url = f"/v1.1/users/{owner.id}/properties"
+        assert client.post(url, headers=owner.headers, json={"properties": "a=1"}).status_code == 200
+        assert client.put(url, headers=owner.headers, json={"properties": "a=2"}).status_code == 200
+        assert client.delete(url, headers=owner.headers).status_code == 200
+        data = {"uid": owner.id, "aid": owner.app.client_id, "did": None, "dtid": None}
+        for _ in range(3):
+            frame = recv(ws)
+            assert frame["event"] == "user.profile.updated" and frame["data"] == data
+            assert isinstance(frame["ts"], int)
 
 
 def test_refusals_and_revocation(live: LiveServer, client: httpx.Client) -> None:

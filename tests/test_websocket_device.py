@@ -233,11 +233,29 @@ def test_error_frames(live: LiveServer, device_ws: ClientConnection) -> None:
     assert recv(ws) == error(400, "Unknown frame type", "12")
     ws.send(json.dumps({"sdid": lamp.did, "cid": "13", "data": {"x": "y" * 20_000}}))
     assert recv(ws) == error(413, "Frame exceeds 10240 bytes")
+    for cid in ({"nested": 1}, [1], True, 1.5, "c" * 129):  # echoed ids are short strings or integers
+        ws.send(json.dumps({"sdid": lamp.did, "cid": cid, "data": {"temp": 1.0}}))
+        assert recv(ws) == error(403, "Wrong cid")
     # None of it was stored, and the socket still works.
     assert stored_messages(live, lamp.did) == []
     ws.send(json.dumps({"sdid": lamp.did, "cid": "ok", "data": {"temp": 2.0}}))
     assert recv(ws)["data"]["cid"] == "ok"
     assert [r["data"] for r in stored_messages(live, lamp.did)] == [{"temp": 2.0}]
+
+
+def test_authorization_on_the_url_serves_registers_without_a_token(live: LiveServer) -> None:
+    lamp, other = new_lamp(live), new_lamp(live)
+    with open_ws(live, "/v1.1/websocket", ack="true", Authorization=f"bearer {lamp.token}") as ws:
+        ws.send(json.dumps({"type": "register", "sdid": lamp.did, "cid": 1}))
+        assert recv(ws) == {"data": {"message": "OK", "code": 200, "cid": 1}}
+        # The URL's token is the device's own: it does not open another device.
+        ws.send(json.dumps({"type": "register", "sdid": other.did, "cid": 2}))
+        assert recv(ws) == error(403, "You do not have the right permission: devices", 2)
+        # A token in the frame still wins over the URL's.
+        registered(ws, other.did, other.token, "3")
+        ws.send(json.dumps({"sdid": other.did, "cid": 4, "data": {"temp": 3.0}}))
+        assert recv(ws)["data"]["cid"] == 4
+    assert [r["data"] for r in stored_messages(live, other.did)] == [{"temp": 3.0}]
 
 
 def test_write_permission_is_needed_to_register(live: LiveServer, device_ws: ClientConnection) -> None:

@@ -71,7 +71,9 @@ async def _register(session: DeviceSession, hub: ChannelHub, frame: dict[str, An
     did = protocol.text_field(frame, "sdid")
     if did is None:
         raise protocol.missing_sdid()
-    token = parse_authorization(protocol.text_field(frame, "Authorization"))
+    # A token in the frame, or else the one on the socket's URL (?Authorization=bearer+..., §5.2).
+    given = protocol.text_field(frame, "Authorization") or session.authorization
+    token = parse_authorization(given)
     principal = await authenticate(rt, token)
     try:
         row = await devices.device_row(rt, did)
@@ -162,7 +164,7 @@ async def _device_frames(ws: WebSocket, session: DeviceSession, hub: ChannelHub)
                 frame = protocol.parse_frame(
                     message.get("text") or message.get("bytes"), rt.settings.max_message_bytes
                 )
-                cid = frame.get("cid")
+                cid = protocol.frame_cid(frame)
                 kind = frame.get("type") or "message"
                 if kind == "register":
                     await _register(session, hub, frame)
@@ -204,7 +206,7 @@ async def device_channel(ws: WebSocket) -> None:
     except ApiError as exc:
         await refuse(ws, exc)
         return
-    session = DeviceSession(rt, ack, hub)
+    session = DeviceSession(rt, ack, hub, ws.query_params.get("Authorization"))
     hub.add_device_session(session)
     try:
         await serve(ws, session, lambda: hub.remove(session), _device_frames(ws, session, hub))

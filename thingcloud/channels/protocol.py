@@ -68,6 +68,20 @@ def not_registered() -> Unauthorized:
     return Unauthorized("Device not registered")
 
 
+MAX_CID_CHARS = 128
+
+
+def frame_cid(frame: dict[str, Any]) -> Any:
+    """The correlation id a client put on a frame, echoed in our answers: a string or an integer of
+    reasonable size. Anything else is "403 Wrong cid" (§5.2), answered without echoing it back."""
+    cid = frame.get("cid")
+    if cid is None:
+        return None
+    if isinstance(cid, bool) or not isinstance(cid, str | int) or len(str(cid)) > MAX_CID_CHARS:
+        raise Forbidden("Wrong cid")
+    return cid
+
+
 def no_permission() -> Forbidden:
     return Forbidden("You do not have the right permission: devices")
 

@@ -178,10 +178,11 @@ class DeviceSession(Session):
 
     kind = "device"
 
-    def __init__(self, rt: Runtime, ack: bool, hub: ChannelHub) -> None:
+    def __init__(self, rt: Runtime, ack: bool, hub: ChannelHub, authorization: str | None = None) -> None:
         super().__init__(rt, None, None)
         self.ack = ack
         self.hub = hub
+        self.authorization = authorization  # ?Authorization= of the URL: for registers without a token
         self.devices: dict[str, tuple[Principal, str, dict[str, Any]]] = {}  # did → (principal, digest, row)
 
 

@@ -226,6 +226,11 @@ def _same_app(token_aid: str, *given: str | None) -> None:
             raise Forbidden("The aid must be the application of the access token")
 
 
+async def _profile_updated(rt: Runtime, uid: str, aid: str | None) -> None:
+    """``user.profile.updated`` on the bus after the commit: /events sessions of the user get it."""
+    await rt.bus.publish("user.profile.updated", {"uid": uid, "aid": aid, "ts": rt.clock.now_ms()})
+
+
 async def get_properties(rt: Runtime, uid: str, token_aid: str, aid: str | None) -> AppProperties:
     _same_app(token_aid, aid)
     async with rt.db.read() as conn:
@@ -263,6 +268,7 @@ async def create_properties(
                 uid=uid, aid=token_aid, properties=properties, created_on=now, modified_on=now
             )
         )
+    await _profile_updated(rt, uid, token_aid)
     return AppProperties(uid=uid, aid=token_aid, properties=properties)
 
 
@@ -278,6 +284,7 @@ async def update_properties(
         )
         if result.rowcount == 0:
             raise NotFound("No properties stored for this user and application")
+    await _profile_updated(rt, uid, token_aid)
     return AppProperties(uid=uid, aid=token_aid, properties=properties)
 
 
@@ -291,4 +298,5 @@ async def delete_properties(rt: Runtime, uid: str, token_aid: str, aid: str | No
         )
         if result.rowcount == 0:
             raise NotFound("No properties stored for this user and application")
+    await _profile_updated(rt, uid, token_aid)
     return AppProperties(uid=uid, aid=token_aid, properties="")
