@@ -396,6 +396,9 @@ def test_bad_actions_store_nothing(live: LiveServer, client: httpx.Client, lamp:
         (lamp.owner.headers, {"ddid": "0" * 32, "data": set_on}, 404),
         (stranger.owner.headers, {"ddid": lamp.did, "data": set_on}, 403),
         (stranger.device, {"ddid": lamp.did, "data": set_on}, 403),  # another device's token
+        # A user may name as the source only a device it may read.
+        (lamp.owner.headers, {"ddid": lamp.did, "sdid": stranger.did, "data": set_on}, 403),
+        (lamp.owner.headers, {"ddid": lamp.did, "sdid": "0" * 32, "data": set_on}, 404),
     ]
     for headers, body, expected in cases:
         response = client.post("/v1.1/actions", headers=headers, json=body)

@@ -78,20 +78,41 @@ async def ingest(rt: Runtime, principal: Principal, body: Any) -> str:
     await check_device(rt, principal, device.as_row(), Access.WRITE)
     manifest = await manifest_for(rt, device)
     normalized = manifest.normalize(data)
-    ts = client_ts if client_ts is not None else now
-    row = {
+    row = message_row(device, manifest.version, normalized, client_ts if client_ts is not None else now, now)
+    # Only messages with a client ts can be recognized as re-sent.
+    digest = dedup_digest(normalized) if client_ts is not None else None
+    return await rt.writer.submit(Pending("message", row, sdid, digest))
+
+
+def message_row(device: DeviceInfo, mv: int, normalized: Any, ts: int, now: int) -> dict[str, Any]:
+    """The stored columns of a normalized message of ``device`` (live or imported)."""
+    return {
         "mid": new_message_id(now),
-        "sdid": sdid,
+        "sdid": device.id,
         "sdtid": device.dtid,
         "uid": device.uid,
         "ts": ts,
         "cts": now,
-        "mv": manifest.version,
+        "mv": mv,
         "data": normalized,
     }
-    # Only messages with a client ts can be recognized as re-sent.
-    digest = dedup_digest(normalized) if client_ts is not None else None
-    return await rt.writer.submit(Pending("message", row, sdid, digest))
+
+
+def history_message(rt: Runtime, device: DeviceInfo, manifest: Any, body: Any, now: int) -> Pending:
+    """One imported historical message, checked and normalized exactly as ``ingest`` does, except
+    that its ``ts`` is required; raises ``ValidationFailed`` for a bad one. Its dedup key is that of a
+    re-sent live message, so an import overlapping what the device sent (or a re-run) adds nothing."""
+    if not isinstance(body, dict):
+        raise ValidationFailed.field("body", "JSON object expected")
+    ts = _int_ts(body.get("ts"), now, rt.settings.future_grace_seconds * 1000)
+    if ts is None:
+        raise ValidationFailed.field("ts", "Required parameter")
+    data = body.get("data")
+    if data is None:
+        raise ValidationFailed.field("data", "Required parameter")
+    normalized = manifest.normalize(data)
+    row = message_row(device, manifest.version, normalized, ts, now)
+    return Pending("message", row, device.id, dedup_digest(normalized), history=True)
 
 
 async def _ingest_action(
@@ -105,6 +126,11 @@ async def _ingest_action(
         raise Forbidden("A device token may only send as its own device")
     if principal.kind == "device":
         sdid = principal.did
+    elif sdid is not None:
+        # A user or application names the source itself: only a device it may read, so an action
+        # cannot be made to look as if it came from someone else's device.
+        source = await rt.devices.get(sdid)
+        await check_device(rt, principal, source.as_row(), Access.READ)
     device = await rt.devices.get(ddid)
     await check_device(rt, principal, device.as_row(), Access.WRITE)
     manifest = await manifest_for(rt, device)
@@ -124,7 +150,10 @@ async def _ingest_action(
 
 
 async def publish_committed(rt: Runtime, items: list[Pending]) -> None:
-    """Fast path for live consumers: each stored message/action on the bus (after the commit)."""
+    """Fast path for live consumers: each stored message/action on the bus (after the commit);
+    imported history is not live."""
     for item in items:
+        if item.history:
+            continue
         subject = f"message.{item.did}" if item.kind == "message" else f"action.{item.did}"
         await rt.bus.publish(subject, item.public())
