@@ -146,7 +146,9 @@ def start_live(
     port = free_port()
     # ``public_url`` may be overridden (an https URL, to test Secure cookies).
     settings = make_settings(
-        data_dir, **{"port": port, "public_url": f"http://127.0.0.1:{port}", **overrides}
+        data_dir,
+        # MQTT on a free port too: CI machines run Mosquitto on 1883.
+        **{"port": port, "public_url": f"http://127.0.0.1:{port}", "mqtt_port": free_port(), **overrides},
     )
     clock = ManualClock()
     app = create_app(settings, clock=clock, run_migrations=run_migrations)

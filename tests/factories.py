@@ -30,6 +30,8 @@ class App:
 
 @dataclass
 class TestUser:
+    __test__ = False  # a factory's product, not a test class for pytest to collect
+
     id: str
     email: str
     password: str

@@ -52,7 +52,8 @@ def test_status_starts_unknown_and_follows_put(live: LiveServer, client: httpx.C
     assert body["data"]["availability"] == "online"
     assert before <= body["data"]["lastTimeOnline"] <= live.clock.now_ms()
     assert client.get(url, headers=owner.headers).json() == body
-    assert events == [("device.status", {"did": device["id"], "availability": "online"})]
+    ids = {"uid": owner.id, "dtid": device["dtid"], "aid": owner.app.client_id}
+    assert events == [("device.status", {"did": device["id"], "availability": "online", **ids})]
 
     live.clock.advance(60)
     # The Swift form, flat; going offline keeps the last time the device was online.

@@ -70,7 +70,7 @@ def test_filters_by_device_and_name(live: LiveServer, client: httpx.Client) -> N
         assert put.status_code == 200, put.text
         assert event(recv(status)) == (
             "device.status.online",
-            {"uid": None, "aid": None, "did": two.did, "dtid": None},
+            {"uid": owner.id, "aid": owner.app.client_id, "did": two.did, "dtid": two.dtid},
         )
         for lamp in (stranger, two, one):
             response = client.put(

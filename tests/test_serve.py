@@ -269,3 +269,21 @@ def test_port_already_in_use(tmp_path: Path) -> None:
     assert process.returncode == 1
     assert process.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     assert not (tmp_path / "thingcloud.db").exists()
+
+
+def test_websocket_compression_is_a_setting(serve: Any, tmp_path: Path) -> None:
+    from websockets.sync.client import connect
+
+    def negotiated(process: ServeProcess) -> str | None:
+        process.wait_ready()
+        url = process.url.replace("http://", "ws://") + "/v1.1/websocket"
+        with connect(url, open_timeout=10) as ws:  # the client offers permessage-deflate
+            assert ws.response is not None
+            return ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    # Off by default (memory per idle socket), on when asked.
+    assert negotiated(serve(data_dir=tmp_path / "plain", THINGCLOUD_MQTT_ENABLED="0")) is None
+    deflate = serve(
+        data_dir=tmp_path / "deflate", THINGCLOUD_MQTT_ENABLED="0", THINGCLOUD_WEBSOCKET_COMPRESSION="1"
+    )
+    assert "permessage-deflate" in (negotiated(deflate) or "")

@@ -19,18 +19,25 @@ from thingcloud import __version__
 from thingcloud.areas.devices.routes import router as devices_router
 from thingcloud.areas.devices.shares_routes import router as shares_router
 from thingcloud.areas.devicetypes.routes import router as devicetypes_router
+from thingcloud.areas.exports.routes import router as exports_router
+from thingcloud.areas.messages import rollup_maintenance as message_rollups
 from thingcloud.areas.messages.query_routes import router as message_queries_router
 from thingcloud.areas.messages.routes import OPENAPI_PATHS as MESSAGES_OPENAPI
 from thingcloud.areas.messages.routes import endpoints as messages_endpoints
 from thingcloud.areas.messages.routes import retention_router
 from thingcloud.areas.messages.writer import IngestMetrics
 from thingcloud.areas.organizations.routes import router as organizations_router
+from thingcloud.areas.rules import engine as rules_engine
+from thingcloud.areas.rules.routes import router as rules_router
+from thingcloud.areas.subscriptions import matching as subscription_matching
+from thingcloud.areas.subscriptions.routes import router as subscriptions_router
 from thingcloud.areas.users.routes import router as users_router
 from thingcloud.auth.pages import router as pages_router
 from thingcloud.auth.routes import router as tokens_router
 from thingcloud.bootstrap import first_start
 from thingcloud.bus import Bus
 from thingcloud.channels import websocket as channels
+from thingcloud.channels.mqtt.server import MqttServer
 from thingcloud.clock import Clock
 from thingcloud.feed import FeedMetrics
 from thingcloud.jobs.runner import JobMetrics
@@ -74,8 +81,14 @@ def create_app(
         gc.collect()
         gc.freeze()
         await rt.jobs.start(job_metrics)
+        await message_rollups.register(rt)
+        await subscription_matching.attach(rt)
+        await rules_engine.register(rt)
         await rt.feed.start(feed_metrics)
         hub = await channels.start(app, rt)
+        mqtt = MqttServer(rt, hub)
+        app.state.mqtt = mqtt
+        await mqtt.start()
         log.info(
             "thingcloud ready",
             extra={"fields": {"database": rt.db.engine.url.render_as_string(hide_password=True)}},
@@ -84,6 +97,7 @@ def create_app(
             yield
         finally:
             log.info("thingcloud shutting down")
+            await mqtt.stop()
             await hub.stop()
             await rt.close()
             log.info("thingcloud stopped")
@@ -112,6 +126,9 @@ def create_app(
         devices_router,
         shares_router,
         message_queries_router,
+        exports_router,
+        subscriptions_router,
+        rules_router,
     ):
         app.include_router(router)
     # The message hot path: plain endpoints served ahead of FastAPI's stack, documented by hand.

@@ -157,6 +157,7 @@ def serve(
         # uvicorn would rewrite the client address from X-Forwarded-For for 127.0.0.1 peers; only
         # THINGCLOUD_TRUSTED_PROXIES decides that (rest/deps.client_address).
         proxy_headers=False,
+        ws_per_message_deflate=settings.websocket_compression,
     )
 
 
@@ -371,6 +372,68 @@ def devicetypes_add_manifest(
         return await service.add_manifest(rt, dtid, text, created_by=None)
 
     _print({"version": _with_runtime(_settings(database_url), work)})
+
+
+@cli.command()
+def simulate(
+    devicetype: str = typer.Option(..., "--devicetype", help="Device type id (dt…) of the devices"),
+    devices: int = typer.Option(1, min=1, help="Number of devices (reused by name, created if missing)"),
+    rate: float = typer.Option(1.0, min=0.0001, help="Messages per second sent by each device"),
+    protocol: str = typer.Option("websocket", help="http | websocket | mqtt"),
+    url: str = typer.Option(None, help="ThingCloud base URL (default: what `serve` uses)"),
+    token: str = typer.Option(
+        None, envvar="THINGCLOUD_TOKEN", help="User access token that creates or reuses the devices"
+    ),
+    duration: float = typer.Option(0.0, min=0.0, help="Stop after this many seconds (0: at Ctrl-C)"),
+    mqtt_host: str = typer.Option(None, help="MQTT host (default: the host of --url)"),
+    mqtt_port: int = typer.Option(None, help="MQTT port (default THINGCLOUD_MQTT_PORT or 1883)"),
+    name_prefix: str = typer.Option("sim", help="Devices are named PREFIX-001, PREFIX-002, …"),
+    seed: int = typer.Option(None, help="Seed for reproducible readings"),
+    max_in_flight: int = typer.Option(1000, min=1, help="Messages awaiting an acknowledgement, at most"),
+    json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log every failed message, not only the first of each kind"
+    ),
+) -> None:
+    """Simulate devices of a type: readings that fit its manifest at RATE msg/s each, acting on the
+    actions they receive, until Ctrl-C or --duration; then print a summary."""
+    import logging
+    from urllib.parse import urlsplit
+
+    from thingcloud.simulator import SimulationConfig, SimulatorError
+    from thingcloud.simulator import simulate as run_simulation
+
+    if protocol not in ("http", "websocket", "mqtt"):
+        typer.echo("error: --protocol must be http, websocket or mqtt", err=True)
+        raise typer.Exit(2)
+    if not token:
+        typer.echo("error: a user access token is needed: --token or THINGCLOUD_TOKEN", err=True)
+        raise typer.Exit(2)
+    settings = Settings()
+    base = (url or settings.public_base).rstrip("/")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("httpx", "httpcore", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = SimulationConfig(
+        url=base,
+        token=token,
+        dtid=devicetype,
+        devices=devices,
+        rate=rate,
+        protocol=protocol,  # type: ignore[arg-type]  # checked above
+        duration=duration,
+        mqtt_host=mqtt_host or urlsplit(base).hostname or "127.0.0.1",
+        mqtt_port=mqtt_port or int(getattr(settings, "mqtt_port", 1883)),
+        name_prefix=name_prefix,
+        seed=seed,
+        max_in_flight=max_in_flight,
+    )
+    try:
+        summary = asyncio.run(run_simulation(config))
+    except SimulatorError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(summary.as_dict()) if json_summary else summary.text())
 
 
 def main() -> None:

@@ -131,6 +131,14 @@ class UsernameTaken(Conflict):
     default_message = "Username already registered."
 
 
+class Gone(ApiError):
+    """410: the object existed but is no more (an expired export)."""
+
+    status = 410
+    code = 410
+    default_message = "Gone"
+
+
 class PayloadTooLarge(ApiError):
     status = 413
     code = 413

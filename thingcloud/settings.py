@@ -95,6 +95,34 @@ class Settings(BaseSettings):
     feed_retention: int = 7 * 86400
     """Feed entries older than this and already past every consumer's checkpoint are trimmed."""
 
+    # Message exports and imports (thingcloud/areas/exports).
+    export_dir: Path | None = None
+    """Where export archives (and uploaded import files) are kept; unset: ``<data_dir>/exports``."""
+    export_ttl: int = 86400
+    """Seconds an export archive stays downloadable after it is made; then it is Expired and removed."""
+    import_max_bytes: int = 100 * 1024 * 1024
+    """Largest file ``POST /messages/import`` accepts."""
+    smtp_url: str = ""
+    """``smtp://[user:password@]host[:port]`` (``smtps://`` for TLS): export e-mails are sent through
+    it; unset, they are logged instead."""
+    mail_from: str = "thingcloud@localhost"
+
+    # Subscriptions and notifications (thingcloud/areas/subscriptions); times in seconds.
+    allow_insecure_callbacks: bool = False
+    """Allow ``http://`` callback URLs on loopback (local development and tests); never in production."""
+    notification_batch_seconds: float = 30.0
+    """Later message notifications of a subscription are batched over this window."""
+    notification_timeout: float = 10.0
+    """Total time allowed for one callback POST (connect, send, answer)."""
+    notification_max_body: int = 64 * 1024
+    """A callback's answer is read up to this many bytes, the rest is ignored."""
+    notification_max_failures: int = 10
+    """Consecutive failed deliveries after which a subscription is SUSPENDED."""
+    subscription_validation_ttl: int = 24 * 3600
+    """Subscriptions not validated within this long are deleted."""
+    kinesis_sink: str = ""
+    """``module:factory`` building the Kinesis sink (``factory(rt)``); empty: awsKinesis refused."""
+
     # WebSocket channels (thingcloud/channels); times in seconds.
     websocket_register_timeout: float = 30.0
     """A /websocket client must register a device within this long after connecting."""
@@ -102,6 +130,31 @@ class Settings(BaseSettings):
     """``{"type":"ping"}`` on every channel this often."""
     channel_send_queue: int = 1000
     """Frames waiting for one client; a client that lets it fill is disconnected (slow consumer)."""
+    websocket_compression: bool = False
+    """Offer permessage-deflate. Off by default: its zlib state costs ~33 KB per open socket, more
+    than the rest of an idle connection (bench/live.py memory); on saves bandwidth on JSON frames."""
+
+    # MQTT 3.1.1 endpoint for devices (thingcloud/channels/mqtt), on ``host``.
+    mqtt_enabled: bool = True
+    mqtt_port: int = 1883
+    mqtt_tls_port: int = 8883
+    """Served only when both ``mqtt_tls_cert`` and ``mqtt_tls_key`` are set."""
+    mqtt_tls_cert: str = ""
+    mqtt_tls_key: str = ""
+    mqtt_max_message_bytes: int = 1024
+    """Largest PUBLISH payload stored; larger ones get 413 on the errors topic (ARTIK's 1 KB)."""
+
+    # Rules engine (thingcloud/areas/rules).
+    rules_engine: bool = True
+    """Whether this node may run the rules engine's feed consumer (one node at a time runs it, by
+    lease); rule timers and schedules are jobs and run on any node."""
+    rule_max_firings_per_minute: int = 60
+    """Firings of one rule allowed in any minute; more are recorded as ``limited`` (stops loops)."""
+    rule_timer_max_lateness: int = 3600
+    """A duration timer running later than this many seconds (the server was down) is recorded as
+    missed instead of firing."""
+    rule_trace_entries: int = 50
+    """Recent evaluations kept per rule for ``GET /rules/{ruleId}/trace``."""
 
     log_level: str = "INFO"
     log_json: bool = True

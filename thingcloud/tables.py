@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -361,3 +362,190 @@ device_retention = Table(
     Column("days", BigInteger, nullable=False),
     Column("modified_on", BigInteger, nullable=False),
 )
+
+# --- Subscriptions and notifications (thingcloud/areas/subscriptions) --------------------------------
+# A subscription pushes an application's users' data to a callback URL (or a Kinesis stream). The
+# confirmation nonce and the AWS secret are stored encrypted (they are sent again later).
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("aid", ID, nullable=False, index=True),
+    Column("uid", ID, nullable=False, index=True),
+    Column("message_type", String(10), nullable=False),  # message | action
+    Column("subscription_type", String(20), nullable=False),  # httpCallback | awsKinesis
+    Column("sdtid", String(100), nullable=True),
+    Column("sdid", ID, nullable=True),
+    Column("ddid", ID, nullable=True),
+    Column("include_shared", Boolean, nullable=False, default=False),
+    Column("description", String(256), nullable=True),
+    Column("callback_url", Text, nullable=True),
+    Column("aws_key", String(200), nullable=True),
+    Column("aws_secret_encrypted", Text, nullable=True),
+    Column("aws_region", String(50), nullable=True),
+    Column("aws_stream", String(200), nullable=True),
+    Column("status", String(30), nullable=False),  # PENDING_CALLBACK_VALIDATION | ACTIVE | SUSPENDED
+    Column("nonce_encrypted", Text, nullable=True),
+    Column("failures", Integer, nullable=False, default=0),  # consecutive failed deliveries
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+# One notification = one callback POST: a single action, a subscription's first message, or the
+# messages batched over ``notification_batch_seconds``. ``status``: open (still collecting) |
+# sending (closed, delivery job running) | delivered | dropped (subscription suspended or deleted).
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("sid", ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(10), nullable=False),  # message | action
+    Column("status", String(10), nullable=False),
+    Column("start_date", BigInteger, nullable=False),
+    Column("end_date", BigInteger, nullable=False),
+    Column("first_cts", BigInteger, nullable=False),  # commit-side time of its first item
+    Column("due_on", BigInteger, nullable=False),
+    Column("delivered_on", BigInteger, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+)
+Index("ix_notifications_sid_status", notifications.c.sid, notifications.c.status)
+
+# The messages (or actions) of a notification, by reference; (sid, mid) unique makes a re-handled
+# feed batch idempotent.
+notification_items = Table(
+    "notification_items",
+    metadata,
+    Column("sid", ID, ForeignKey("subscriptions.id", ondelete="CASCADE"), primary_key=True),
+    Column("mid", String(32), primary_key=True),
+    Column("nid", ID, ForeignKey("notifications.id", ondelete="CASCADE"), nullable=False),
+    Column("did", ID, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+)
+Index("ix_notification_items_nid_ts", notification_items.c.nid, notification_items.c.ts)
+
+# Message exports (S56–S59). ``request`` holds the request as the contract echoes it; the archive
+# lives in ``export_dir`` until ``expires_on``. Status: Received | InProgress | Success | Failure |
+# Served | Expired. The requester is a user (``uid``), an application (``aid`` only) or a device.
+exports = Table(
+    "exports",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("uid", ID, nullable=True),
+    Column("aid", ID, nullable=True),
+    Column("did", ID, nullable=True),
+    Column("request", JSON, nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("md5", String(32), nullable=True),
+    Column("file_size", BigInteger, nullable=True),
+    Column("total_messages", BigInteger, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("expires_on", BigInteger, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+Index("ix_exports_uid_created", exports.c.uid, exports.c.created_on)
+Index("ix_exports_aid_created", exports.c.aid, exports.c.created_on)
+Index("ix_exports_status_expires", exports.c.status, exports.c.expires_on)
+
+# Imports of historical messages (beyond ARTIK): one uploaded file for one device, processed by a
+# job. Counts and the first bad rows (``errors``: [{"line", "message"}]) show its progress.
+message_imports = Table(
+    "message_imports",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("sdid", ID, nullable=False),
+    Column("uid", ID, nullable=True),
+    Column("aid", ID, nullable=True),
+    Column("did", ID, nullable=True),
+    Column("format", String(10), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("total_rows", BigInteger, nullable=False),
+    Column("imported", BigInteger, nullable=False),
+    Column("duplicates", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("errors", JSON, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+# Rollups of numeric message fields (thingcloud/areas/messages/rollups.py): per device, field path and
+# UTC hour or day bucket (``size`` in ms), the count, sum, extremes and M2 = sum((x - mean)^2) of the
+# bucket's values, the newest ``cts`` they include and the feed seq they are complete through.
+# Maintained off the ingest path by a feed consumer; a bucket without a row is read raw.
+message_rollups = Table(
+    "message_rollups",
+    metadata,
+    Column("sdid", ID, primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("size", BigInteger, primary_key=True),
+    Column("bucket", BigInteger, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("total", Double, nullable=False),
+    Column("low", Double, nullable=True),
+    Column("high", Double, nullable=True),
+    Column("m2", Double, nullable=False),
+    Column("max_cts", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),  # hour rows: complete through this feed seq
+)
+
+# Rules (thingcloud/areas/rules): the rule itself with its body as sent (``body``) and its execution
+# counters; per-condition state for AND over time and duration timers; firings keyed by what caused
+# them (a feed seq, a timer), which makes firing idempotent under the at-least-once feed; and a
+# bounded trace of recent evaluations.
+rules = Table(
+    "rules",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("uid", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("aid", ID, nullable=True),
+    Column("name", String(64), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("language_version", Integer, nullable=False),
+    Column("index", Integer, nullable=False),
+    Column("scope", String(20), nullable=False),
+    Column("owner", String(12), nullable=False),
+    Column("is_testable", Boolean, nullable=False),
+    Column("count_apply", BigInteger, nullable=False, default=0),
+    Column("last_apply", BigInteger, nullable=True),
+    Column("invalidated_on", BigInteger, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+rule_states = Table(
+    "rule_states",
+    metadata,
+    Column("rule_id", ID, ForeignKey("rules.id", ondelete="CASCADE"), primary_key=True),
+    Column("cond", Integer, primary_key=True),
+    Column("did", String(64), primary_key=True),
+    Column("result", Boolean, nullable=False),
+    Column("since", BigInteger, nullable=True),
+    Column("value", JSON, nullable=True),
+    Column("ts", BigInteger, nullable=False),
+)
+
+rule_firings = Table(
+    "rule_firings",
+    metadata,
+    Column("rule_id", ID, ForeignKey("rules.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("fired_on", BigInteger, nullable=False),
+    Column("outcome", String(12), nullable=False),
+    Column("detail", JSON, nullable=True),
+)
+Index("ix_rule_firings_rule_fired", rule_firings.c.rule_id, rule_firings.c.fired_on)
+
+rule_traces = Table(
+    "rule_traces",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("rule_id", ID, ForeignKey("rules.id", ondelete="CASCADE"), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("entry", JSON, nullable=False),
+)
+Index("ix_rule_traces_rule_id", rule_traces.c.rule_id, rule_traces.c.id)

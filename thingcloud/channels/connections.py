@@ -180,7 +180,7 @@ class ChannelHub:
     async def _on_action(self, _subject: str, payload: dict[str, Any]) -> None:
         session = self.devices.get(str(payload.get("ddid")))
         if session is not None:
-            session.push(protocol.action_frame(payload))
+            session.send_action(payload)
 
     async def _on_claimed(self, _subject: str, payload: dict[str, Any]) -> None:
         did = str(payload.get("did"))
@@ -189,7 +189,7 @@ class ChannelHub:
             del self.devices[did]
             holder.devices.pop(did, None)
             # The new holder owns presence now: only tell the old socket why.
-            holder.push(protocol.error_frame(protocol.replaced(did), sdid=did))
+            holder.taken_over(did)
 
     async def _on_device_event(self, subject: str, payload: dict[str, Any]) -> None:
         did = str(payload.get("did"))

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 64  # messages of one device socket being ingested at once (group commit batches them)
 
 
-async def _presence(rt: Runtime, did: str, row: dict[str, Any], principal: Principal, online: bool) -> None:
+async def presence(rt: Runtime, did: str, row: dict[str, Any], principal: Principal, online: bool) -> None:
     """Status (connected, availability) and the events of a device joining or leaving a channel."""
     try:
         async with rt.db.write() as conn:
@@ -58,7 +58,7 @@ async def release(session: DeviceSession, did: str, error: ApiError | None) -> N
         return
     principal, _, row = entry
     if hub.let_go(session, did):
-        await _presence(session.rt, did, row, principal, online=False)
+        await presence(session.rt, did, row, principal, online=False)
     if error is not None:
         if session.devices:
             session.push(protocol.error_frame(error, sdid=did))
@@ -89,7 +89,7 @@ async def _register(session: DeviceSession, hub: ChannelHub, frame: dict[str, An
     if holder is not session:
         await hub.claim(session, did)
         if holder is None and not again:
-            await _presence(rt, did, row, principal, online=True)
+            await presence(rt, did, row, principal, online=True)
     if session.ack:
         session.push(protocol.registered_frame(cid))
 

@@ -185,6 +185,14 @@ class DeviceSession(Session):
         self.authorization = authorization  # ?Authorization= of the URL: for registers without a token
         self.devices: dict[str, tuple[Principal, str, dict[str, Any]]] = {}  # did → (principal, digest, row)
 
+    # What the hub hands a device channel; the MQTT endpoint (channels/mqtt) renders them its own way.
+    def send_action(self, action: dict[str, Any]) -> None:
+        self.push(protocol.action_frame(action))
+
+    def taken_over(self, did: str) -> None:
+        """Another connection (any channel, any node) holds ``did`` now: tell this one why."""
+        self.push(protocol.error_frame(protocol.replaced(did), sdid=did))
+
 
 # --- running a session ------------------------------------------------------------------------------
 

@@ -45,7 +45,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The modules that register built-in job kinds; later areas add theirs here.
-JOB_MODULES = ("thingcloud.jobs.maintenance", "thingcloud.areas.messages.retention")
+JOB_MODULES = (
+    "thingcloud.jobs.maintenance",
+    "thingcloud.areas.messages.retention",
+    "thingcloud.areas.exports.jobs",
+    "thingcloud.areas.subscriptions.delivery",
+    "thingcloud.areas.rules.timers",
+)
 BACKOFF_CAP_SECONDS = 3600.0
 GAUGE_REFRESH_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 5.0

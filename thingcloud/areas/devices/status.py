@@ -253,10 +253,13 @@ async def set_availability(
         raise ValidationFailed.field("availability", "Required parameter")
     if availability not in AVAILABILITY:
         raise ValidationFailed.field("availability", "Must be online, offline or unknown")
-    await check_device(rt, principal, await device_row(rt, did), Access.WRITE)
+    row = await device_row(rt, did)
+    await check_device(rt, principal, row, Access.WRITE)
     async with rt.db.write() as conn:
         await write_status(rt, conn, did, availability=availability)
-    await rt.bus.publish("device.status", {"did": did, "availability": availability})
+    # uid/dtid/aid: the /events frame of the change carries them (REFERENCE.md §5.2).
+    event = {"did": did, "availability": availability, "uid": row["uid"], "dtid": row["dtid"]}
+    await rt.bus.publish("device.status", {**event, "aid": principal.aid})
     return (await _statuses(rt, [did], False, False))[did]
 
 

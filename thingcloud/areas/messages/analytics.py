@@ -1,13 +1,14 @@
 """Analytics over stored messages: ``/messages/analytics/aggregates`` (S49),
 ``/messages/analytics/histogram`` (S50) and ``/messages/presence`` (S51).
 
-Statistics are computed in SQL on both databases (SQLAlchemy's JSON path ``as_float`` renders
-``JSON_EXTRACT`` on SQLite and ``#>>`` on PostgreSQL). The variance is the population variance
-(divided by n; the SDK model and the contract do not say which, and ARTIK's sample shows a variance
-for a single point of 0). It is computed shifted by the range's mean — sum((x-K)²) with K the mean —
-so large values with a small spread do not lose their digits. Minute, hour and day buckets are
-grouped in SQL by ``ts - ts % size`` (UTC boundaries, since epoch ms are UTC); months and years
-merge day buckets in Python (count, sums and extremes merge exactly). Empty buckets are omitted.
+Statistics come from ``rollups.stats``: hour and day rollups where they are trusted, SQL over
+the raw messages for the rest (SQLAlchemy's JSON path ``as_float`` renders ``JSON_EXTRACT`` on
+SQLite and ``#>>`` on PostgreSQL), merged exactly (rollups.py says when a rollup is trusted). The
+variance is the population variance (divided by n; the SDK model and the contract do not say which,
+and ARTIK's sample shows a variance for a single point of 0). It is computed from M2 = sum((x-mean)²)
+per part, merged with Chan's formula, so large values with a small spread keep their digits.
+Minute, hour and day buckets are grouped by ``ts - ts % size`` (UTC boundaries, since epoch ms are
+UTC); months and years merge day buckets in Python. Empty buckets are omitted.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import select
 
 from thingcloud import tables as t
+from thingcloud.areas.messages import rollups
 from thingcloud.areas.messages.filters import NUMERIC_CLASSES, field_value
 from thingcloud.areas.messages.queries import DAY_MS, device_manifest, readable_device
 from thingcloud.areas.messages.writer import month_start
@@ -86,56 +88,6 @@ async def _numeric_field(rt: Runtime, sdid: str, field: str) -> str:
     return str(spec.path)
 
 
-def _value(path: str) -> ColumnElement[Any]:
-    parts = tuple(path.split("."))
-    data: Any = t.messages.c.data
-    return data[parts[0] if len(parts) == 1 else parts].as_float()
-
-
-def _stats(n: int, low: Any, high: Any, total: Any, shifted: Any, squares: Any) -> dict[str, Any]:
-    if not n:
-        return {"count": 0, "min": None, "max": None, "mean": None, "sum": 0.0, "variance": None}
-    variance = max(0.0, (float(squares) - float(shifted) ** 2 / n) / n)
-    return {
-        "count": n,
-        "min": float(low),
-        "max": float(high),
-        "mean": float(total) / n,
-        "sum": float(total),
-        "variance": variance,
-    }
-
-
-async def _grouped(
-    rt: Runtime, sdid: str, path: str, first: int, last: int, settled: int | None, size_ms: int | None
-) -> list[tuple[int | None, list[Any]]]:
-    """(bucket, [count, min, max, sum, sum(x-K), sum((x-K)²)]) over ``first ≤ ts < last``."""
-    m = t.messages
-    x = _value(path)
-    where = [m.c.sdid == sdid, m.c.ts >= first, m.c.ts < last, x.is_not(None)]
-    if settled is not None:
-        where.append(m.c.cts <= settled)
-    async with rt.db.read() as conn:
-        mean = (await conn.execute(select(func.avg(x)).where(*where))).scalar_one()
-        if mean is None:
-            return []
-        k = float(mean)
-        columns = [
-            func.count(x),
-            func.min(x),
-            func.max(x),
-            func.sum(x),
-            func.sum(x - k),
-            func.sum((x - k) * (x - k)),
-        ]
-        if size_ms is None:
-            row = (await conn.execute(select(*columns).where(*where))).one()
-            return [(None, list(row))]
-        bucket = (m.c.ts - m.c.ts % size_ms).label("bucket")
-        rows = await conn.execute(select(bucket, *columns).where(*where).group_by(bucket).order_by(bucket))
-        return [(int(r[0]), list(r[1:])) for r in rows]
-
-
 async def aggregates(
     rt: Runtime,
     principal: Principal,
@@ -152,8 +104,8 @@ async def aggregates(
     first, last = first - first % MINUTE_MS, last - last % MINUTE_MS
     await readable_device(rt, principal, did)
     path = await _numeric_field(rt, did, name)
-    groups = await _grouped(rt, did, path, first, last, rt.clock.now_ms() - SETTLE_MS, None)
-    stats = _stats(*groups[0][1]) if groups else _stats(0, None, None, 0, 0, 0)
+    groups = await rollups.stats(rt, did, path, first, last, rt.clock.now_ms() - SETTLE_MS, None)
+    stats = groups.get(None, rollups.Stats()).view()
     return {"sdid": did, "startDate": first, "endDate": last, "field": name, "size": 1, "data": [stats]}
 
 
@@ -174,18 +126,11 @@ async def histogram(
     await readable_device(rt, principal, did)
     path = await _numeric_field(rt, did, name)
     fixed = BUCKET_MS.get(unit)
-    groups = await _grouped(rt, did, path, first, last, None, fixed or DAY_MS)
-    merged: dict[int, list[Any]] = {}
-    for day, (n, low, high, total, shifted, squares) in groups:
-        key = bucket_start(int(day or 0), unit)
-        acc = merged.get(key)
-        if acc is None:
-            merged[key] = [n, low, high, total, shifted, squares]
-        else:
-            acc[0] += n
-            acc[1], acc[2] = min(acc[1], low), max(acc[2], high)
-            acc[3], acc[4], acc[5] = acc[3] + total, acc[4] + shifted, acc[5] + squares
-    data = [{**_stats(*acc), "ts": key} for key, acc in sorted(merged.items())]
+    groups = await rollups.stats(rt, did, path, first, last, None, fixed or DAY_MS)
+    merged: dict[int, rollups.Stats] = {}
+    for day, part in sorted(groups.items(), key=lambda kv: kv[0] or 0):
+        merged.setdefault(bucket_start(int(day or 0), unit), rollups.Stats()).merge(part)
+    data = [{**acc.view(), "ts": key} for key, acc in sorted(merged.items())]
     return {
         "sdid": did,
         "startDate": first,

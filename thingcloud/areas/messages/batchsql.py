@@ -26,6 +26,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from thingcloud import tables as t
 from thingcloud.areas.devices import status
+from thingcloud.areas.messages import rollup_maintenance as rollups
 from thingcloud.feed import FEED_LOCK
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class BatchStatements:
         self.actions = CompiledStatement(insert(t.actions), dialect, ["data"])
         self.activity = CompiledStatement(status.activity_upsert(rt.db), dialect)
         self.snapshots = CompiledStatement(status.snapshot_upsert(rt.db), dialect, ["value"])
+        self.rollup_drop = CompiledStatement(rollups.drop_statement(), dialect)
+        self.postgres = dialect.name == "postgresql"
         columns = ("kind", "ref", "did", "payload", "created_on")  # seq: assigned by the database
         self.feed = CompiledStatement(
             insert(t.feed).values({c: bindparam(c) for c in columns}), dialect, ["payload"]
@@ -100,9 +103,17 @@ class BatchStatements:
             (self.activity.sql, self.activity.rows(status.activity_rows(now, activity))),
             (self.snapshots.sql, self.snapshots.rows(status.snapshot_rows(snapshot))),
         ]
+        imported = [i for i in fresh if i.history and i.kind == "message"]
+        if imported:  # no feed entry for the rollup consumer: drop their rollups (rollups.py)
+            dids, drops = rollups.drops(imported)
+            if self.postgres:  # the rollup lock of each device first, in a fixed order
+                locks = [rollups.lock_parameters(d) for d in dids]
+                body.append(("SELECT pg_advisory_xact_lock($1, $2)", locks))
+            body.append((self.rollup_drop.sql, self.rollup_drop.rows(drops)))
         feed = [
             {"kind": i.kind, "ref": i.row["mid"], "did": i.did, "payload": i.public(), "created_on": now}
             for i in fresh
+            if not i.history
         ]
         return [w for w in body if w[1]], (self.feed.sql, self.feed.rows(feed)) if feed else None
 
@@ -111,18 +122,22 @@ def plan_status(
     fresh: list[Pending],
 ) -> tuple[dict[str, tuple[int | None, int | None]], dict[tuple[str, str], tuple[Any, int]]]:
     """What a batch changes in device status: ``{did: (last_message_ts, last_action_ts)}`` and the
-    snapshot leaves ``{(did, path): (value, ts)}``, keeping the newest ``ts`` per field."""
+    snapshot leaves ``{(did, path): (value, ts)}``, keeping the newest ``ts`` per field. Imported
+    history changes only the snapshot (whose upsert never replaces a newer value)."""
     activity: dict[str, tuple[int | None, int | None]] = {}
     snapshot: dict[tuple[str, str], tuple[Any, int]] = {}
     for item in fresh:
         ts = item.row["ts"]
-        message_ts, action_ts = activity.get(item.did, (None, None))
         if item.kind == "message":
-            message_ts = max(message_ts or 0, ts)
             for path, value in flatten(item.row["data"]):
                 key = (item.did, path)
                 if key not in snapshot or snapshot[key][1] <= ts:
                     snapshot[key] = (value, ts)
+        if item.history:  # imported: the device was not heard from now
+            continue
+        message_ts, action_ts = activity.get(item.did, (None, None))
+        if item.kind == "message":
+            message_ts = max(message_ts or 0, ts)
         else:
             action_ts = max(action_ts or 0, ts)
         activity[item.did] = (message_ts, action_ts)

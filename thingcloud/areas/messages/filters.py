@@ -1,5 +1,12 @@
 """The message filter language of ``GET /messages?filter=`` (REFERENCE.md S45), parsed once per query
-and evaluated in Python over the stored rows of one device's date range.
+into a Python predicate (the definition of a match) and an SQL pre-filter over ``messages.data``.
+
+The SQL condition is a *necessary* condition — every row the predicate accepts satisfies it — so the
+database skips most non-matching rows of a month-long scan, and the predicate still decides on the
+rows that come back: results are the predicate's, whatever the JSON functions of either database do
+with odd values (``true`` read as 1 by SQLite, say). Prohibited clauses are left out of the SQL (a
+superset still), and every JSON value is type-checked before it is cast, so a field whose type
+changed between manifest versions never makes PostgreSQL fail a cast.
 
 Grammar (a subset of Lucene's query syntax, which ARTIK's filters followed)::
 
@@ -23,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, literal, or_
+
+from thingcloud import tables as t
 from thingcloud.areas.devicetypes.manifests import Manifest
 from thingcloud.errors import ValidationFailed
 
@@ -31,6 +41,7 @@ COMPARATORS = (">=", "<=", ">", "<")
 EXISTS = "_exists_"
 
 Predicate = Callable[[dict[str, Any]], bool]
+Condition = ColumnElement[bool] | None  # None: no SQL pre-filter (every row is a candidate)
 
 
 def field_value(data: dict[str, Any], path: str) -> Any:
@@ -51,6 +62,65 @@ def _fail(problem: str, position: int) -> ValidationFailed:
 class _Clause:
     occur: str  # "must" | "should" | "not"
     test: Predicate
+    condition: Condition = None
+
+
+class JsonSql:
+    """Typed reads of a dotted path of ``messages.data`` in one dialect's JSON functions."""
+
+    def __init__(self, sqlite: bool) -> None:
+        self.sqlite = sqlite
+
+    def _type(self, path: str) -> ColumnElement[Any]:
+        data: Any = t.messages.c.data
+        if self.sqlite:
+            where = "$." + ".".join('"' + part.replace('"', '""') + '"' for part in path.split("."))
+            return func.json_type(data, bindparam(None, where))
+        parts = path.split(".")
+        return func.json_typeof(data[parts[0] if len(parts) == 1 else tuple(parts)])
+
+    def _text(self, path: str) -> ColumnElement[Any]:
+        parts = tuple(path.split("."))
+        data: Any = t.messages.c.data
+        return data[parts[0] if len(parts) == 1 else parts].as_string()
+
+    def exists(self, path: str) -> ColumnElement[bool]:
+        return self._type(path) != "null"  # a missing path gives NULL: not true either
+
+    def number(self, path: str) -> ColumnElement[Any]:
+        """The value as a float when it is a JSON number, else NULL (no cast of a non-number)."""
+        parts = tuple(path.split("."))
+        data: Any = t.messages.c.data
+        kinds = ("integer", "real") if self.sqlite else ("number",)
+        value = data[parts[0] if len(parts) == 1 else parts].as_float()
+        return case((self._type(path).in_(kinds), value), else_=None)
+
+    def boolean(self, path: str, flag: bool) -> ColumnElement[bool]:
+        if self.sqlite:
+            return self._type(path) == ("true" if flag else "false")
+        return and_(self._type(path) == "boolean", self._text(path) == ("true" if flag else "false"))
+
+    def text(self, path: str, value: str) -> ColumnElement[bool]:
+        kind = "text" if self.sqlite else "string"
+        return and_(self._type(path) == kind, self._text(path) == literal(value))
+
+
+def _all(conditions: list[Condition]) -> Condition:
+    known = [c for c in conditions if c is not None]
+    return None if not known else known[0] if len(known) == 1 else and_(*known)
+
+
+def _condition(clauses: list[_Clause]) -> Condition:
+    """A necessary condition of ``_combine(clauses)``: every required clause, and when there is none,
+    one of the plain ones (unknown if one of those is unknown); prohibited clauses are left out."""
+    must = [c.condition for c in clauses if c.occur == "must"]
+    should = [c.condition for c in clauses if c.occur == "should"]
+    if must:
+        return _all(must)
+    if not should or any(c is None for c in should):
+        return None
+    known = [c for c in should if c is not None]
+    return known[0] if len(known) == 1 else or_(*known)
 
 
 def _combine(clauses: list[_Clause]) -> Predicate:
@@ -67,10 +137,11 @@ def _combine(clauses: list[_Clause]) -> Predicate:
 
 
 class _Parser:
-    def __init__(self, text: str, manifest: Manifest) -> None:
+    def __init__(self, text: str, manifest: Manifest, sql: JsonSql) -> None:
         self.text = text
         self.pos = 0
         self.manifest = manifest
+        self.sql = sql
 
     def skip_spaces(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -83,7 +154,7 @@ class _Parser:
             return True
         return False
 
-    def query(self, depth: int) -> Predicate:
+    def query(self, depth: int) -> tuple[Predicate, Condition]:
         clauses: list[_Clause] = []
         joined_by_and = False
         while True:
@@ -94,7 +165,7 @@ class _Parser:
                 if not clauses:
                     raise _fail("AND without a left-hand term", self.pos - 3)
                 if clauses[-1].occur == "should":
-                    clauses[-1] = _Clause("must", clauses[-1].test)
+                    clauses[-1] = _Clause("must", clauses[-1].test, clauses[-1].condition)
                 joined_by_and = True
                 continue
             if self.keyword("OR") or self.keyword("||"):
@@ -111,14 +182,14 @@ class _Parser:
             if joined_by_and and occur == "should":
                 occur = "must"
             joined_by_and = False
-            clauses.append(_Clause(occur, self.clause(depth)))
+            clauses.append(_Clause(occur, *self.clause(depth)))
         if joined_by_and:
             raise _fail("AND without a right-hand term", self.pos)
         if not clauses:
             raise _fail("Empty expression", self.pos)
-        return _combine(clauses)
+        return _combine(clauses), _condition(clauses)
 
-    def clause(self, depth: int) -> Predicate:
+    def clause(self, depth: int) -> tuple[Predicate, Condition]:
         if self.pos >= len(self.text) or self.text[self.pos].isspace():
             raise _fail("Expected a term", self.pos)
         if self.text[self.pos] == "(":
@@ -145,7 +216,7 @@ class _Parser:
             raise _fail(f"Expected {what}", start)
         return self.text[start : self.pos], start
 
-    def term(self) -> Predicate:
+    def term(self) -> tuple[Predicate, Condition]:
         name, name_at = self.word("a field name")
         if self.pos >= len(self.text) or self.text[self.pos] != ":":
             raise _fail(f"Expected ':' after '{name}'", self.pos)
@@ -153,7 +224,7 @@ class _Parser:
         if name.lower() == EXISTS:
             target, target_at = self.word("a field name after _exists_:")
             path = self.resolve(target, target_at)
-            return lambda data: field_value(data, path) is not None
+            return (lambda data: field_value(data, path) is not None), self.sql.exists(path)
         path = self.resolve(name, name_at)
         value_class = self.manifest.find_field(path)
         comparator = next((c for c in COMPARATORS if self.text.startswith(c, self.pos)), None)
@@ -166,15 +237,15 @@ class _Parser:
                 number = float(raw)
             except ValueError:
                 raise _fail(f"'{raw}' is not a number (field '{name}' is numeric)", raw_at) from None
-            return _numeric(path, comparator, number)
+            return _numeric(path, comparator, number), _numeric_sql(self.sql.number(path), comparator, number)
         if comparator is not None:
             raise _fail(f"'{comparator}' needs a numeric field; '{name}' is {kind}", raw_at)
         if kind == "Boolean":
             if raw.lower() not in ("true", "false"):
                 raise _fail(f"'{raw}' is not true or false (field '{name}' is Boolean)", raw_at)
             flag = raw.lower() == "true"
-            return lambda data: field_value(data, path) is flag
-        return lambda data: field_value(data, path) == raw
+            return (lambda data: field_value(data, path) is flag), self.sql.boolean(path, flag)
+        return (lambda data: field_value(data, path) == raw), self.sql.text(path, raw)
 
     def resolve(self, name: str, at: int) -> str:
         spec = self.manifest.find_field(name)
@@ -201,19 +272,32 @@ def _numeric(path: str, comparator: str | None, number: float) -> Predicate:
     return matches
 
 
-def compile_filter(text: str, manifest: Manifest) -> Predicate:
-    """The predicate of a filter over a device's manifest; 400 (4001) naming the problem and where."""
-    parser = _Parser(text, manifest)
-    predicate = parser.query(0)
+def _numeric_sql(value: ColumnElement[Any], comparator: str | None, number: float) -> ColumnElement[bool]:
+    if comparator is None:
+        return value == number
+    if comparator == ">":
+        return value > number
+    if comparator == ">=":
+        return value >= number
+    if comparator == "<":
+        return value < number
+    return value <= number
+
+
+def compile_filter(text: str, manifest: Manifest, sqlite: bool = True) -> tuple[Predicate, Condition]:
+    """The predicate of a filter over a device's manifest and its SQL pre-filter for the database
+    (``sqlite`` or PostgreSQL); 400 (4001) naming the problem and where."""
+    parser = _Parser(text, manifest, JsonSql(sqlite))
+    predicate, condition = parser.query(0)
     if parser.pos < len(text):
         raise _fail("Unbalanced ')'", parser.pos)
-    return predicate
+    return predicate, condition
 
 
-def presence_predicate(field: str, manifest: Manifest) -> Predicate:
-    """``fieldPresence=field``: messages that carry the field (a leaf or a group)."""
+def presence_predicate(field: str, manifest: Manifest, sqlite: bool = True) -> tuple[Predicate, Condition]:
+    """``fieldPresence=field``: messages that carry the field (a leaf or a group), and its SQL."""
     spec = manifest.find_field(field)
     if spec is None:
         raise ValidationFailed.field("fieldPresence", f"Unknown field '{field}'")
     path = spec.path
-    return lambda data: field_value(data, path) is not None
+    return (lambda data: field_value(data, path) is not None), JsonSql(sqlite).exists(path)

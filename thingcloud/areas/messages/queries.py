@@ -28,7 +28,7 @@ from sqlalchemy import Table, and_, func, or_, select
 from thingcloud import tables as t
 from thingcloud.areas.devices.service import device_row, page_bounds
 from thingcloud.areas.devices.status import _nest
-from thingcloud.areas.messages.filters import Predicate, compile_filter, presence_predicate
+from thingcloud.areas.messages.filters import Condition, Predicate, compile_filter, presence_predicate
 from thingcloud.areas.messages.service import manifest_for
 from thingcloud.areas.messages.writer import ACTION_KEYS, MESSAGE_KEYS
 from thingcloud.auth.permissions import Access, Principal, check_device
@@ -66,6 +66,7 @@ class Query:
     order: str
     identity: str  # what a cursor is bound to
     predicate: Predicate | None = None
+    condition: Condition = None  # the predicate's SQL pre-filter (filters.py): rows failing it never match
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,9 @@ async def page(rt: Runtime, query: Query, offset: str | None, count: int) -> tup
             )
         }
         key = (cursor.ts, cursor.mid)
-        chunk = max(count + 1 + len(late), SCAN_CHUNK if query.predicate else 0)
+        # Without an SQL pre-filter, read ahead: most rows may fail the predicate.
+        unfiltered = query.predicate is not None and query.condition is None
+        chunk = max(count + 1 + len(late), SCAN_CHUNK if unfiltered else 0)
         while len(matches) <= count:
             where = [
                 device.in_(query.dids),
@@ -197,6 +200,8 @@ async def page(rt: Runtime, query: Query, offset: str | None, count: int) -> tup
                 ts <= query.end,
                 table.c.cts <= cursor.horizon_cts,
             ]
+            if query.condition is not None:
+                where.append(query.condition)
             if key[0] is not None:
                 if query.order == "asc":
                     where.append(or_(ts > key[0], and_(ts == key[0], mid > key[1])))
@@ -306,6 +311,7 @@ async def get_messages(
         row = await _by_mid(rt, principal, MESSAGES, mid, uid)
         return envelope(None, [public(MESSAGES, row)], size, offset, "", uid=row["uid"], sdid=row["sdid"])
     predicate: Predicate | None = None
+    condition: Condition = None
     if sdid:
         device = await readable_device(rt, principal, sdid)
         if field_presence and start is None and end is None:
@@ -314,12 +320,16 @@ async def get_messages(
             first, last = parse_range(start, end, MAX_RANGE_MS)
         if filter_text is not None or field_presence:
             manifest = await device_manifest(rt, sdid)
-            tests = []
+            sqlite = rt.db.is_sqlite
+            parts = []
             if filter_text is not None:
-                tests.append(compile_filter(filter_text, manifest))
+                parts.append(compile_filter(filter_text, manifest, sqlite))
             if field_presence:
-                tests.append(presence_predicate(field_presence, manifest))
+                parts.append(presence_predicate(field_presence, manifest, sqlite))
+            tests = [test for test, _ in parts]
             predicate = tests[0] if len(tests) == 1 else (lambda data: all(test(data) for test in tests))
+            known = [c for _, c in parts if c is not None]
+            condition = known[0] if len(known) == 1 else and_(*known) if known else None
         query = Query(
             MESSAGES,
             (sdid,),
@@ -328,6 +338,7 @@ async def get_messages(
             direction,
             _identity("m", sdid, first, last, direction, filter_text, field_presence),
             predicate,
+            condition,
         )
         items, following = await page(rt, query, offset, size)
         return envelope(query, items, size, offset, following, uid=uid or device["uid"], sdid=sdid)
@@ -402,7 +413,9 @@ async def get_actions(
 # --- GET /messages/last and /messages/snapshots -------------------------------------------------------
 
 
-async def _newest(rt: Runtime, did: str, count: int, predicate: Predicate | None) -> list[dict[str, Any]]:
+async def _newest(
+    rt: Runtime, did: str, count: int, predicate: Predicate | None, condition: Condition = None
+) -> list[dict[str, Any]]:
     m = t.messages
     found: list[dict[str, Any]] = []
     key: tuple[int, str] | None = None
@@ -410,6 +423,8 @@ async def _newest(rt: Runtime, did: str, count: int, predicate: Predicate | None
     async with rt.db.read() as conn:
         while len(found) < count:
             stmt = select(m).where(m.c.sdid == did)
+            if condition is not None:
+                stmt = stmt.where(condition)
             if key is not None:
                 stmt = stmt.where(or_(m.c.ts < key[0], and_(m.c.ts == key[0], m.c.mid < key[1])))
             rows = list(
@@ -436,10 +451,12 @@ async def last_messages(
     for did in listed:
         await readable_device(rt, principal, did)
     for did in listed:
-        predicate = (
-            presence_predicate(field_presence, await device_manifest(rt, did)) if field_presence else None
+        predicate, condition = (
+            presence_predicate(field_presence, await device_manifest(rt, did), rt.db.is_sqlite)
+            if field_presence
+            else (None, None)
         )
-        data.extend(await _newest(rt, did, size, predicate))
+        data.extend(await _newest(rt, did, size, predicate, condition))
     return {"sdids": ",".join(listed), "count": size, "size": len(data), "data": data}
 
 

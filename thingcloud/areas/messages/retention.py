@@ -5,7 +5,8 @@ The purge works device by device on the primary key (``sdid``/``ddid``, ``ts``) 
 each transaction is brief and the SQLite writer is never held for long. On PostgreSQL, whole monthly
 partitions older than every retention in force are dropped instead of deleted row by row. SQLite
 space is handed back with ``PRAGMA incremental_vacuum`` (the database is created with
-``auto_vacuum=INCREMENTAL``). Deleting a device removes its messages through a job, too.
+``auto_vacuum=INCREMENTAL``). Deleting a device removes its messages through a job, too. Both
+fix the rollups of what they delete (``rollup_maintenance.forget``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, select, text, tuple_
 
 from thingcloud import tables as t
+from thingcloud.areas.messages import rollup_maintenance as rollups
 from thingcloud.areas.messages.writer import PARTITIONS_DROPPED
 from thingcloud.auth.permissions import Access, Principal, check_device_owner
 from thingcloud.errors import ValidationFailed
@@ -81,7 +83,17 @@ async def _delete_chunked(rt: Runtime, table: Any, key: str, did: str, before: i
 
 
 async def purge_device(rt: Runtime, did: str, before: int | None) -> int:
+    # Rollups (rollups.py) of the range go before the messages do, so reads scan the raw rows
+    # meanwhile, and are rebuilt after, over whatever a concurrent recompute saw mid-delete.
+    m = t.messages
+    where = [m.c.sdid == did] if before is None else [m.c.sdid == did, m.c.ts < before]
+    async with rt.db.read() as conn:
+        doomed = (await conn.execute(select(m.c.ts).where(*where).limit(1))).first() is not None
+    if doomed:
+        await rollups.forget(rt, did, before)
     deleted = await _delete_chunked(rt, t.messages, "sdid", did, before)
+    if doomed:
+        await rollups.forget(rt, did, before)
     deleted += await _delete_chunked(rt, t.actions, "ddid", did, before)
     return deleted
 
@@ -155,6 +167,7 @@ async def drop_partitions(rt: Runtime, before: int) -> list[str]:
                 await conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
             dropped.append(name)
     if dropped:
+        await rollups.forget_all_before(rt, before)
         # Every node's writer caches which partitions exist: tell them all.
         await rt.bus.publish(PARTITIONS_DROPPED, {"partitions": dropped})
     return dropped

@@ -45,6 +45,10 @@ class Pending:
     dedup_digest: str | None = None
     future: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     duplicate: bool = False
+    history: bool = False
+    """An imported historical message (``POST /messages/import``): stored, deduplicated and folded into
+    the snapshot (never over a newer value) like any other, but it gets no feed entry — so no rules,
+    notifications or /live frames — and does not count as the device being heard from now."""
 
     def public(self) -> dict[str, Any]:
         """The normalized message or action as clients see it (REFERENCE.md §3.7)."""

@@ -1,0 +1,339 @@
+"""Upkeep of the message rollups (what they are, and why reads through them stay exact: rollups.py):
+the feed consumer that adds committed messages to their hour rows, recomputation from the raw
+messages in one snapshot, and what retention, device deletion and history imports do to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from thingcloud import tables as t
+from thingcloud.areas.messages.filters import NUMERIC_CLASSES
+from thingcloud.areas.messages.rollups import CONSUMER, DAY_MS, HOUR_MS, Stats, merge_intervals, raw_stats
+from thingcloud.errors import NotFound
+from thingcloud.feed import FeedEntry
+
+if TYPE_CHECKING:
+    from thingcloud.areas.messages.writer import Pending
+    from thingcloud.runtime import Runtime
+
+ROLLUP_LOCK = 0x726F6C6C  # "roll": PostgreSQL advisory lock class, keyed by device
+
+
+async def _lock(conn: AsyncConnection, sdid: str) -> None:
+    if conn.dialect.name == "postgresql":
+        a, b = lock_parameters(sdid)
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": a, "b": b})
+
+
+async def numeric_paths(rt: Runtime, sdid: str) -> list[str] | None:
+    """The device's numeric field paths now, or None if the device is gone."""
+    from thingcloud.areas.messages.queries import device_manifest
+
+    try:
+        manifest = await device_manifest(rt, sdid)
+    except NotFound:
+        return None
+    return [p for p, cls in manifest.field_paths().items() if cls in NUMERIC_CLASSES]
+
+
+def _row(sdid: str, path: str, size: int, bucket: int, s: Stats, seq: int) -> dict[str, Any]:
+    return {
+        "sdid": sdid,
+        "path": path,
+        "size": size,
+        "bucket": bucket,
+        "n": s.n,
+        "total": s.total,
+        "low": s.low,
+        "high": s.high,
+        "m2": s.m2,
+        "max_cts": s.max_cts,
+        "seq": seq,
+    }
+
+
+@asynccontextmanager
+async def _snapshot(rt: Runtime, sdid: str) -> AsyncIterator[AsyncConnection]:
+    """A write transaction reading one snapshot, begun once the device's rollup lock is held: the
+    messages it reads are exactly those of the feed entries up to the ``max(seq)`` it reads (plus
+    imported history), which is what makes a recomputed row's ``seq`` true. SQLite: the write
+    transaction (ingest shares its lock). PostgreSQL: REPEATABLE READ under a session lock taken
+    before the snapshot, so the snapshot already sees the previous holder's commit."""
+    if rt.db.is_sqlite:
+        async with rt.db.write() as conn:
+            yield conn
+        return
+    a, b = lock_parameters(sdid)
+    key = {"a": a, "b": b}
+    async with rt.db.engine.connect() as conn:
+        try:
+            await conn.execute(text("SELECT pg_advisory_lock(:a, :b)"), key)
+            await conn.commit()
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
+            await conn.execute(text("SELECT pg_advisory_unlock(:a, :b)"), key)
+            await conn.commit()
+        except BaseException:
+            # Never hand a pooled connection back holding the session lock: end the session.
+            await conn.invalidate()
+            raise
+
+
+async def _rebuild_days(
+    conn: AsyncConnection, sdid: str, paths: list[str], days: Iterable[int], seq: int
+) -> None:
+    """Each day row from its 24 hour rows; none while an hour has no row (the day is then read from
+    its hours and the raw messages)."""
+    r = t.message_rollups
+    for day in sorted(set(days)):
+        span = (r.c.sdid == sdid, r.c.bucket >= day, r.c.bucket < day + DAY_MS)
+        await conn.execute(delete(r).where(*span, r.c.size == DAY_MS))
+        for path in paths:
+            rows = (
+                await conn.execute(
+                    select(r.c.n, r.c.total, r.c.low, r.c.high, r.c.m2, r.c.max_cts)
+                    .where(*span, r.c.path == path, r.c.size == HOUR_MS)
+                    .order_by(r.c.bucket)
+                )
+            ).all()
+            if len(rows) < DAY_MS // HOUR_MS:
+                continue
+            total = Stats()
+            for row in rows:
+                total.merge(Stats(*row))
+            await conn.execute(insert(r), [_row(sdid, path, DAY_MS, day, total, seq)])
+
+
+async def recompute(rt: Runtime, sdid: str, hours: set[int], paths: list[str] | None = None) -> None:
+    """Recompute the hour rows of ``hours`` (and of any hour of their days without rows) from the raw
+    messages, then the rows of their days; idempotent. ``paths``: the device's numeric field paths
+    (looked up when not given)."""
+    if paths is None:
+        paths = await numeric_paths(rt, sdid)
+    r = t.message_rollups
+    if paths is None:
+        async with rt.db.write() as conn:
+            await conn.execute(delete(r).where(r.c.sdid == sdid))
+        return
+    days = sorted({h - h % DAY_MS for h in hours})
+    async with _snapshot(rt, sdid) as conn:
+        covered = int(await conn.scalar(select(func.coalesce(func.max(t.feed.c.seq), 0))) or 0)
+        for day in days:
+            span = (r.c.sdid == sdid, r.c.bucket >= day, r.c.bucket < day + DAY_MS)
+            present = {
+                (p, int(b))
+                for p, b in await conn.execute(select(r.c.path, r.c.bucket).where(*span, r.c.size == HOUR_MS))
+            }
+            await conn.execute(delete(r).where(*span, r.c.path.not_in(paths)))
+            for path in paths:
+                todo = sorted(
+                    h for h in range(day, day + DAY_MS, HOUR_MS) if h in hours or (path, h) not in present
+                )
+                if not todo:
+                    continue
+                fresh = await raw_stats(
+                    conn, sdid, path, merge_intervals([(h, h + HOUR_MS) for h in todo]), None, HOUR_MS
+                )
+                await conn.execute(
+                    delete(r).where(*span, r.c.path == path, r.c.size == HOUR_MS, r.c.bucket.in_(todo))
+                )
+                await conn.execute(
+                    insert(r), [_row(sdid, path, HOUR_MS, h, fresh.get(h, Stats()), covered) for h in todo]
+                )
+        await _rebuild_days(conn, sdid, paths, days, covered)
+
+
+def number_at(data: Any, path: str) -> float | None:
+    """The value ``field_value`` reads in SQL, read from a message's data: a JSON number, else None."""
+    node = data
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        return None
+    return float(node)
+
+
+def _of(values: list[tuple[float, int]]) -> Stats:
+    """Stats of (value, cts) pairs, M2 around their own mean."""
+    numbers = [v for v, _ in values]
+    mean = sum(numbers) / len(numbers)
+    return Stats(
+        len(numbers),
+        sum(numbers),
+        min(numbers),
+        max(numbers),
+        sum((v - mean) * (v - mean) for v in numbers),
+        max(c for _, c in values),
+    )
+
+
+async def apply(rt: Runtime, sdid: str, entries: list[FeedEntry]) -> None:
+    """Add a batch of a device's message entries to its hour rows (and rebuild their days), each
+    entry only to rows that do not cover its seq yet (the feed is at least once); hours without rows
+    are recomputed from the raw messages instead. No raw scan for the live case: the new values are
+    in the entries themselves."""
+    paths = await numeric_paths(rt, sdid)
+    r = t.message_rollups
+    if paths is None:
+        async with rt.db.write() as conn:
+            await conn.execute(delete(r).where(r.c.sdid == sdid))
+        return
+    by_hour: dict[int, list[FeedEntry]] = {}
+    for entry in entries:
+        ts = int(entry.payload["ts"])
+        by_hour.setdefault(ts - ts % HOUR_MS, []).append(entry)
+    missing: set[int] = set()
+    async with rt.db.write() as conn:
+        await _lock(conn, sdid)
+        rows = {
+            (row.path, int(row.bucket)): row
+            for row in await conn.execute(
+                select(r).where(
+                    r.c.sdid == sdid,
+                    r.c.size == HOUR_MS,
+                    r.c.path.in_(paths),
+                    r.c.bucket.in_(sorted(by_hour)),
+                )
+            )
+        }
+        changed: set[int] = set()
+        for hour, found in by_hour.items():
+            newest = max(e.seq for e in found)
+            for path in paths:
+                row = rows.get((path, hour))
+                if row is None:
+                    missing.add(hour)
+                    continue
+                if newest <= row.seq:
+                    continue  # handed over again
+                values = [
+                    (v, int(e.payload.get("cts") or 0))
+                    for e in found
+                    if e.seq > row.seq and (v := number_at(e.payload.get("data"), path)) is not None
+                ]
+                total = Stats(row.n, row.total, row.low, row.high, row.m2, row.max_cts)
+                if values:
+                    total.merge(_of(values))
+                await conn.execute(
+                    r.update()
+                    .where(r.c.sdid == sdid, r.c.path == path, r.c.size == HOUR_MS, r.c.bucket == hour)
+                    .values(
+                        {
+                            k: v
+                            for k, v in _row(sdid, path, HOUR_MS, hour, total, newest).items()
+                            if k not in KEY
+                        }
+                    )
+                )
+                changed.add(hour)
+        newest = max(e.seq for e in entries)
+        await _rebuild_days(conn, sdid, paths, {h - h % DAY_MS for h in changed - missing}, newest)
+    if missing:
+        await recompute(rt, sdid, missing, paths)
+
+
+KEY = ("sdid", "path", "size", "bucket")
+
+
+async def rebuild_device(rt: Runtime, sdid: str, first: int, last: int, paths: list[str]) -> None:
+    """Recompute every hour of ``first ≤ ts < last`` (used by the bench's bulk load)."""
+    start = first - first % DAY_MS
+    for day in range(start, last, DAY_MS):
+        await recompute(rt, sdid, set(range(day, day + DAY_MS, HOUR_MS)), paths)
+
+
+async def forget(rt: Runtime, sdid: str, before: int | None) -> None:
+    """After messages of ``sdid`` older than ``before`` (all, for None) were deleted: drop the rows
+    of the deleted range and recompute the hour and day ``before`` falls in."""
+    r = t.message_rollups
+    async with rt.db.write() as conn:
+        await _lock(conn, sdid)
+        where = [r.c.sdid == sdid]
+        if before is not None:
+            # Hour rows before the boundary hour, and day rows up to the boundary day (rebuilt below).
+            where.append(r.c.bucket < before - before % HOUR_MS)
+        await conn.execute(delete(r).where(*where))
+    if before is not None and before % DAY_MS:
+        await recompute(rt, sdid, {before - before % HOUR_MS})
+
+
+async def forget_all_before(rt: Runtime, before: int) -> None:
+    """After whole partitions were dropped: rows of buckets that ended before ``before`` describe
+    nothing any more."""
+    r = t.message_rollups
+    async with rt.db.write() as conn:
+        await conn.execute(delete(r).where(r.c.bucket + r.c.size <= before))
+
+
+# --- imported history (no feed entries) ----------------------------------------------------------------
+
+
+def drop_statement() -> Any:
+    """Deletes one (device, size, bucket)'s rows: run by the group commit for imported messages."""
+    r = t.message_rollups
+    return delete(r).where(
+        r.c.sdid == bindparam("sdid"), r.c.size == bindparam("size"), r.c.bucket == bindparam("bucket")
+    )
+
+
+def drops(imported: Iterable[Pending]) -> tuple[list[str], list[dict[str, Any]]]:
+    """For the imported messages of a batch: their devices (sorted: the order locks are taken in) and
+    the ``drop_statement`` rows of the hours and days they fall in."""
+    buckets = set()
+    for item in imported:
+        ts = int(item.row["ts"])
+        buckets.add((item.did, HOUR_MS, ts - ts % HOUR_MS))
+        buckets.add((item.did, DAY_MS, ts - ts % DAY_MS))
+    rows = [{"sdid": d, "size": size, "bucket": b} for d, size, b in sorted(buckets)]
+    return sorted({d for d, _, _ in buckets}), rows
+
+
+def lock_parameters(sdid: str) -> tuple[int, int]:
+    """The PostgreSQL advisory lock (two int4 keys) that serializes a device's rollup writes."""
+    return ROLLUP_LOCK, zlib.crc32(sdid.encode()) - 2**31
+
+
+async def on_entries(rt: Runtime, entries: list[FeedEntry]) -> None:
+    """The consumer's handler: each device's message entries, added to its rollups."""
+    mine: dict[str, list[FeedEntry]] = {}
+    for entry in entries:
+        if entry.kind == "message" and entry.did and isinstance(entry.payload.get("ts"), int):
+            mine.setdefault(entry.did, []).append(entry)
+    for sdid, found in mine.items():
+        await apply(rt, sdid, found)
+
+
+async def register(rt: Runtime) -> None:
+    """Add the rollup consumer to this node's feed (the app lifespan starts it)."""
+
+    async def handle(entries: list[FeedEntry]) -> None:
+        await on_entries(rt, entries)
+
+    await rt.feed.add(CONSUMER, handle, batch=2000)
+    rebuilding: set[asyncio.Task[None]] = set()
+
+    async def after_import(items: list[Pending]) -> None:
+        # Imported history has no feed entry; the commit dropped the rows of its buckets (exact:
+        # they are read raw meanwhile). Rebuild them in the background, off the writer's task.
+        hours: dict[str, set[int]] = {}
+        for item in items:
+            if item.history and item.kind == "message":
+                ts = int(item.row["ts"])
+                hours.setdefault(item.did, set()).add(ts - ts % HOUR_MS)
+        for sdid, touched in hours.items():
+            task = asyncio.create_task(recompute(rt, sdid, touched))
+            rebuilding.add(task)
+            task.add_done_callback(rebuilding.discard)
+
+    rt.writer.after_commit.append(after_import)
