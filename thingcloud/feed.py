@@ -10,7 +10,12 @@ entry.
 
 Delivery is **at least once**: the handler gets a batch, and the checkpoint advances only after it
 returns. A crash (or a lost lease) between the two hands the same batch to the next run, so handlers
-must be idempotent (key their effects on ``entry.seq`` or on the entry's ``ref``).
+must be idempotent (key their effects on ``entry.seq`` or on the entry's ``ref``). The checkpoint is
+written at most every ``feed_checkpoint_interval`` while entries flow (and at once when the consumer
+catches up or stops): each write is a transaction, and on SQLite one the ingest writer waits for, so
+one per batch cost ingest a fifth of its throughput per consumer. A crash therefore replays up to
+that interval of entries. After a partial batch a consumer pauses ``feed_coalesce_seconds``, so under
+load it reads a few large batches instead of one per group commit.
 
 Commit order on PostgreSQL. A sequence value is taken when the row is inserted, not when it commits:
 with two concurrent writers, seq 11 can commit while seq 10 is still in flight, and a reader that
@@ -202,13 +207,19 @@ class FeedConsumer:
         batch: int = 500,
         start_at: Literal["earliest", "latest"] = "earliest",
         metrics: FeedMetrics | None = None,
+        coalesce: float | None = None,
     ) -> None:
         self.rt, self.name, self.handler, self.batch = rt, name, handler, batch
         self.start_at = start_at
+        # Pause after a partial batch; None: ``feed_coalesce_seconds``. Consumers that nobody waits
+        # for (rollups) take longer pauses and so far fewer, larger batches.
+        self.coalesce = rt.settings.feed_coalesce_seconds if coalesce is None else coalesce
         self.metrics = metrics
         self.checkpoint: int | None = None  # known while this node holds the lease
         self.active = False
         self._lease_until = 0
+        self._written = 0  # the checkpoint as last written to the database
+        self._written_at = 0.0  # monotonic time of that write
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
@@ -238,12 +249,15 @@ class FeedConsumer:
         if self.active:
             self._set_active(False)
             cp = t.feed_checkpoints
+            values: dict[str, Any] = {"owner": None, "lease_until": 0}
+            if self.checkpoint is not None and self.checkpoint > self._written:
+                values["seq"] = self.checkpoint  # what was handled since the last write
             try:
                 async with self.rt.db.write() as conn:
                     await conn.execute(
                         update(cp)
                         .where(cp.c.consumer == self.name, cp.c.owner == self.rt.node_id)
-                        .values(owner=None, lease_until=0)
+                        .values(values)
                     )
             except Exception as exc:  # the lease then simply expires
                 log.warning("feed consumer %s: lease not released: %s", self.name, type(exc).__name__)
@@ -263,11 +277,17 @@ class FeedConsumer:
                 self._wake.clear()  # a notification from here on means "read again"
                 entries = await read_after(self.rt, self.checkpoint, self.batch)
                 if not entries:
+                    if self.checkpoint > self._written:  # caught up: the checkpoint is written at rest
+                        await self._write_checkpoint(self.checkpoint)
                     await self._wait(poll)
                     continue
                 await self.handler(entries)
                 await self._advance(entries[-1].seq, len(entries))
                 failures = 0
+                if len(entries) < self.batch:
+                    # Let a few commits gather: under load one read per commit would cost more than
+                    # the handling itself. At rest the next notification finds this sleep over.
+                    await asyncio.sleep(self.coalesce)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -288,13 +308,16 @@ class FeedConsumer:
             return True
         cp = t.feed_checkpoints
         me = self.rt.node_id
+        values: dict[str, Any] = {"owner": me, "lease_until": now + self._lease_ms, "updated_on": now}
+        if self.active and self.checkpoint is not None and self.checkpoint > self._written:
+            values["seq"] = self.checkpoint  # renewing: what was handled since the last write
         claim = (
             update(cp)
             .where(
                 cp.c.consumer == self.name,
                 (cp.c.owner.is_(None)) | (cp.c.owner == me) | (cp.c.lease_until < now),
             )
-            .values(owner=me, lease_until=now + self._lease_ms, updated_on=now)
+            .values(values)
             .returning(cp.c.seq)
         )
         async with self.rt.db.write() as conn:
@@ -318,12 +341,26 @@ class FeedConsumer:
             return False
         if not self.active:
             log.info("feed consumer %s: active on this node from seq %d", self.name, seq)
-        self.checkpoint = int(seq)
+        self.checkpoint = self._written = int(seq)
+        self._written_at = asyncio.get_running_loop().time()
         self._lease_until = now + self._lease_ms
         self._set_active(True)
         return True
 
     async def _advance(self, seq: int, count: int) -> None:
+        """Move the checkpoint past a handled batch. Written to the database at most every
+        ``feed_checkpoint_interval`` (each write is a transaction, on SQLite one the ingest writer
+        waits for); in between it only moves in memory, and a crash replays from the last write."""
+        if self.metrics is not None:
+            self.metrics.entries.labels(self.name).inc(count)
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now - self._written_at < self.rt.settings.feed_checkpoint_interval:
+            self.checkpoint = seq
+            return
+        await self._write_checkpoint(seq)
+        self._written_at = loop_now
+
+    async def _write_checkpoint(self, seq: int) -> None:
         cp = t.feed_checkpoints
         now = self.rt.clock.now_ms()
         async with self.rt.db.write() as conn:
@@ -337,10 +374,9 @@ class FeedConsumer:
             log.warning("feed consumer %s: lease lost, checkpoint %d not written", self.name, seq)
             self._set_active(False)
             return
-        self.checkpoint = seq
+        self.checkpoint = self._written = seq
         self._lease_until = now + self._lease_ms
         if self.metrics is not None:
-            self.metrics.entries.labels(self.name).inc(count)
             self.metrics.checkpoint.labels(self.name).set(seq)
 
     def _set_active(self, active: bool) -> None:
@@ -364,10 +400,11 @@ class Feed:
         handler: FeedHandler,
         batch: int = 500,
         start_at: Literal["earliest", "latest"] = "earliest",
+        coalesce: float | None = None,
     ) -> FeedConsumer:
         if name in self.consumers:
             raise ValueError(f"feed consumer {name!r} is already registered")
-        consumer = FeedConsumer(self.rt, name, handler, batch, start_at, self.metrics)
+        consumer = FeedConsumer(self.rt, name, handler, batch, start_at, self.metrics, coalesce)
         self.consumers[name] = consumer
         if self.running:
             await consumer.start()

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     feed_poll_interval: float = 1.0
     """Fallback poll of feed consumers when no ``feed.appended`` notification arrives."""
     feed_lease_seconds: int = 30
+    feed_checkpoint_interval: float = 1.0
+    """A consumer writes its checkpoint at most this often (and when it stops); a crash hands at most
+    this much of the feed over again, which consumers must handle idempotently anyway."""
+    feed_coalesce_seconds: float = 0.01
+    """After a batch that was not full, a consumer waits this long before reading again, so that under
+    load it reads a few large batches rather than one per commit."""
     feed_retention: int = 7 * 86400
     """Feed entries older than this and already past every consumer's checkpoint are trimmed."""
 

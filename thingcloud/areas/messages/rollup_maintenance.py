@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, text
+from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thingcloud import tables as t
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from thingcloud.runtime import Runtime
 
 ROLLUP_LOCK = 0x726F6C6C  # "roll": PostgreSQL advisory lock class, keyed by device
+# The rollup consumer's pause after a partial batch: its cost is per device and batch, not per
+# message, so under load it works in batches of two seconds (bench/ingest.py: -50 % of ingest
+# throughput on SQLite with one transaction per device and batch at every commit).
+ROLLUP_COALESCE_SECONDS = 2.0
 
 
 async def _lock(conn: AsyncConnection, sdid: str) -> None:
@@ -178,42 +182,40 @@ def _of(values: list[tuple[float, int]]) -> Stats:
     )
 
 
-async def apply(rt: Runtime, sdid: str, entries: list[FeedEntry]) -> None:
-    """Add a batch of a device's message entries to its hour rows (and rebuild their days), each
-    entry only to rows that do not cover its seq yet (the feed is at least once); hours without rows
-    are recomputed from the raw messages instead. No raw scan for the live case: the new values are
-    in the entries themselves."""
-    paths = await numeric_paths(rt, sdid)
+async def _apply_batch(
+    conn: AsyncConnection, plans: list[tuple[str, list[str], list[FeedEntry]]]
+) -> dict[str, set[int]]:
+    """Add a feed batch's message entries to their devices' hour rows and rebuild the rows of their
+    days, each entry only to rows that do not cover its seq yet (the feed is at least once). A few
+    statements per batch whatever the number of devices (executemany), since on SQLite the batch
+    holds the writer the ingest waits for. Returns, per device, the hours without rows: recomputed
+    from the raw messages afterwards. No raw scan for the live case: the values are in the entries."""
     r = t.message_rollups
-    if paths is None:
-        async with rt.db.write() as conn:
-            await conn.execute(delete(r).where(r.c.sdid == sdid))
-        return
-    by_hour: dict[int, list[FeedEntry]] = {}
-    for entry in entries:
-        ts = int(entry.payload["ts"])
-        by_hour.setdefault(ts - ts % HOUR_MS, []).append(entry)
-    missing: set[int] = set()
-    async with rt.db.write() as conn:
+    hours_of: dict[str, dict[int, list[FeedEntry]]] = {}
+    for sdid, _, entries in plans:
+        by_hour = hours_of.setdefault(sdid, {})
+        for entry in entries:
+            ts = int(entry.payload["ts"])
+            by_hour.setdefault(ts - ts % HOUR_MS, []).append(entry)
+    for sdid, _, _ in plans:  # plans come sorted by device: a fixed lock order
         await _lock(conn, sdid)
-        rows = {
-            (row.path, int(row.bucket)): row
-            for row in await conn.execute(
-                select(r).where(
-                    r.c.sdid == sdid,
-                    r.c.size == HOUR_MS,
-                    r.c.path.in_(paths),
-                    r.c.bucket.in_(sorted(by_hour)),
-                )
-            )
-        }
-        changed: set[int] = set()
-        for hour, found in by_hour.items():
+    keys = [(sdid, hour) for sdid, by_hour in hours_of.items() for hour in by_hour]
+    rows = {
+        (row.sdid, row.path, int(row.bucket)): row
+        for row in await conn.execute(
+            select(r).where(r.c.size == HOUR_MS, tuple_(r.c.sdid, r.c.bucket).in_(keys))
+        )
+    }
+    missing: dict[str, set[int]] = {}
+    updates: list[dict[str, Any]] = []
+    touched_days: dict[str, set[int]] = {}
+    for sdid, paths, _ in plans:
+        for hour, found in hours_of[sdid].items():
             newest = max(e.seq for e in found)
             for path in paths:
-                row = rows.get((path, hour))
+                row = rows.get((sdid, path, hour))
                 if row is None:
-                    missing.add(hour)
+                    missing.setdefault(sdid, set()).add(hour)
                     continue
                 if newest <= row.seq:
                     continue  # handed over again
@@ -225,22 +227,72 @@ async def apply(rt: Runtime, sdid: str, entries: list[FeedEntry]) -> None:
                 total = Stats(row.n, row.total, row.low, row.high, row.m2, row.max_cts)
                 if values:
                     total.merge(_of(values))
-                await conn.execute(
-                    r.update()
-                    .where(r.c.sdid == sdid, r.c.path == path, r.c.size == HOUR_MS, r.c.bucket == hour)
-                    .values(
-                        {
-                            k: v
-                            for k, v in _row(sdid, path, HOUR_MS, hour, total, newest).items()
-                            if k not in KEY
-                        }
-                    )
+                updates.append(
+                    {
+                        f"k_{k}" if k in KEY else k: v
+                        for k, v in _row(sdid, path, HOUR_MS, hour, total, newest).items()
+                    }
                 )
-                changed.add(hour)
-        newest = max(e.seq for e in entries)
-        await _rebuild_days(conn, sdid, paths, {h - h % DAY_MS for h in changed - missing}, newest)
-    if missing:
-        await recompute(rt, sdid, missing, paths)
+                touched_days.setdefault(sdid, set()).add(hour - hour % DAY_MS)
+    if updates:
+        await conn.execute(
+            r.update()
+            .where(*(r.c[k] == bindparam(f"k_{k}") for k in KEY))
+            .values({c: bindparam(c) for c in ("n", "total", "low", "high", "m2", "max_cts", "seq")}),
+            updates,
+        )
+    newest = max(e.seq for _, _, entries in plans for e in entries)
+    days = {
+        sdid: touched - {h - h % DAY_MS for h in missing.get(sdid, set())}  # those: after recompute
+        for sdid, touched in touched_days.items()
+    }
+    await _rebuild_days_of(
+        conn, {sdid: d for sdid, d in days.items() if d}, {s: p for s, p, _ in plans}, newest
+    )
+    return missing
+
+
+async def _rebuild_days_of(
+    conn: AsyncConnection, days: dict[str, set[int]], paths: dict[str, list[str]], seq: int
+) -> None:
+    """``_rebuild_days`` for several devices at once: one read of their hour rows, one delete and one
+    insert (each executemany)."""
+    if not days:
+        return
+    r = t.message_rollups
+    low = min(min(d) for d in days.values())
+    high = max(max(d) for d in days.values()) + DAY_MS
+    hours: dict[tuple[str, str, int], list[Stats]] = {}
+    found = await conn.execute(
+        select(r.c.sdid, r.c.path, r.c.bucket, r.c.n, r.c.total, r.c.low, r.c.high, r.c.m2, r.c.max_cts)
+        .where(r.c.sdid.in_(sorted(days)), r.c.size == HOUR_MS, r.c.bucket >= low, r.c.bucket < high)
+        .order_by(r.c.sdid, r.c.path, r.c.bucket)
+    )
+    for sdid, path, bucket, *stats in found:
+        day = int(bucket) - int(bucket) % DAY_MS
+        if day in days[sdid]:
+            hours.setdefault((sdid, path, day), []).append(Stats(*stats))
+    await conn.execute(
+        delete(r).where(
+            r.c.sdid == bindparam("k_sdid"),
+            r.c.size == DAY_MS,
+            r.c.bucket == bindparam("k_bucket"),
+        ),
+        [{"k_sdid": sdid, "k_bucket": day} for sdid, ds in days.items() for day in ds],
+    )
+    fresh: list[dict[str, Any]] = []
+    for sdid, ds in days.items():
+        for day in sorted(ds):
+            for path in paths[sdid]:
+                parts = hours.get((sdid, path, day), [])
+                if len(parts) < DAY_MS // HOUR_MS:
+                    continue  # an hour without a row: the day is read from its hours
+                total = Stats()
+                for part in parts:
+                    total.merge(part)
+                fresh.append(_row(sdid, path, DAY_MS, day, total, seq))
+    if fresh:
+        await conn.execute(insert(r), fresh)
 
 
 KEY = ("sdid", "path", "size", "bucket")
@@ -305,13 +357,31 @@ def lock_parameters(sdid: str) -> tuple[int, int]:
 
 
 async def on_entries(rt: Runtime, entries: list[FeedEntry]) -> None:
-    """The consumer's handler: each device's message entries, added to its rollups."""
+    """The consumer's handler: each device's message entries, added to its rollups — every device
+    of the batch in one transaction (on SQLite each transaction waits for, and makes wait, the
+    ingest writer), locks taken in device order; hours without rows are recomputed afterwards."""
     mine: dict[str, list[FeedEntry]] = {}
     for entry in entries:
         if entry.kind == "message" and entry.did and isinstance(entry.payload.get("ts"), int):
             mine.setdefault(entry.did, []).append(entry)
-    for sdid, found in mine.items():
-        await apply(rt, sdid, found)
+    if not mine:
+        return
+    gone: list[str] = []
+    plans: list[tuple[str, list[str], list[FeedEntry]]] = []
+    for sdid in sorted(mine):
+        paths = await numeric_paths(rt, sdid)
+        if paths is None:
+            gone.append(sdid)
+        else:
+            plans.append((sdid, paths, mine[sdid]))
+    r = t.message_rollups
+    async with rt.db.write() as conn:
+        if gone:
+            await conn.execute(delete(r).where(r.c.sdid.in_(gone)))
+        missing = await _apply_batch(conn, plans) if plans else {}
+    paths_of = {sdid: paths for sdid, paths, _ in plans}
+    for sdid, hours in sorted(missing.items()):
+        await recompute(rt, sdid, hours, paths_of[sdid])
 
 
 async def register(rt: Runtime) -> None:
@@ -320,7 +390,8 @@ async def register(rt: Runtime) -> None:
     async def handle(entries: list[FeedEntry]) -> None:
         await on_entries(rt, entries)
 
-    await rt.feed.add(CONSUMER, handle, batch=2000)
+    # Nobody waits for rollups (reads scan raw what they do not cover yet): large, rare batches.
+    await rt.feed.add(CONSUMER, handle, batch=20_000, coalesce=ROLLUP_COALESCE_SECONDS)
     rebuilding: set[asyncio.Task[None]] = set()
 
     async def after_import(items: list[Pending]) -> None:
