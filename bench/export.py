@@ -43,6 +43,7 @@ from ingest import (  # the sibling benchmark's setup, so both measure the same 
     RssSampler,
     ensure_wrk,
     free_port,
+    reset_postgres,
     rss_kb,
     run_wrk,
     setup_cloud,
@@ -232,22 +233,6 @@ def main() -> None:
             f"| ingest alone / during export (req/s) | {ingest['alone_rps']} / {ingest['during_export_rps']} "
             f"| slowdown {ingest['slowdown_pct']} % | | |"
         )
-
-
-def reset_postgres(url: str) -> None:
-    import asyncio
-
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    async def reset() -> None:
-        engine = create_async_engine(url)
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-        await engine.dispose()
-
-    asyncio.run(reset())
 
 
 if __name__ == "__main__":

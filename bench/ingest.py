@@ -11,7 +11,9 @@ What it does, so anyone can reproduce the figures in BENCHMARKS.md on one machin
    message of 5 numeric fields from the next device token in turn; DURATION seconds, RUNS times;
 4. runs the same wrk against a bare ASGI "ceiling" app (parse the JSON, answer a mid) on the same
    server software (uvicorn, httptools, uvloop), pinned the same way;
-5. samples the server's RSS during the load; prints a Markdown table with the median of the runs.
+5. samples the server's RSS during the load, and its CPU time per 1,000 messages (from /proc; less
+   affected than msg/s by other load on the machine, though not immune to it: on a busy machine,
+   alternate the two builds and compare medians); prints a Markdown table with the median of the runs.
 Needs `wrk` (Debian package `wrk`; installed with apt-get if missing and running as root).
 """
 
@@ -90,6 +92,70 @@ CEILING_APP = textwrap.dedent(
 )
 
 
+# Building blocks for the wrk scripts of the other benchmarks (notifications, rules, mqtt): a wall
+# clock in microseconds (LuaJIT's ffi: wrk's Lua has no sub-second clock), an open-loop pacer, and
+# the same RESULT line as above. A script is LUA_CLOCK + (LUA_PACE) + its own request() + LUA_DONE.
+LUA_CLOCK = textwrap.dedent(
+    """
+    local ffi = require("ffi")
+    ffi.cdef[[
+      typedef struct { long tv_sec; long tv_usec; } tc_timeval;
+      int gettimeofday(tc_timeval *tv, void *tz);
+    ]]
+    local tv = ffi.new("tc_timeval")
+    function now_us()
+      ffi.C.gettimeofday(tv, nil)
+      return tonumber(tv.tv_sec) * 1000000 + tonumber(tv.tv_usec)
+    end
+    function read_devices(path)
+      local out = {}
+      for line in io.lines(path) do
+        local did, token = line:match("([^ ]+) ?([^ ]*)")
+        out[#out + 1] = {did, token}
+      end
+      return out
+    end
+    """
+)
+
+# Open loop at RATE requests/s over all connections of the (single) thread: each request is due at
+# start + n / RATE; a connection waits for its slot, so the rate holds while responses are faster
+# than CONNECTIONS / RATE. If the server falls behind, the achieved rate (printed) shows it.
+LUA_PACE = textwrap.dedent(
+    """
+    local pace_rate = RATE
+    local pace_start, pace_n = nil, 0
+    delay = function()
+      local now = now_us()
+      if pace_start == nil then pace_start = now end
+      local due = pace_start + pace_n * 1000000 / pace_rate
+      pace_n = pace_n + 1
+      if due <= now then return 0 end
+      return math.floor((due - now) / 1000)
+    end
+    """
+)
+
+LUA_DONE = textwrap.dedent(
+    """
+    done = function(summary, latency, requests)
+      io.write(string.format("RESULT %d %d %d %d %d %d %d\\n", summary.requests,
+        summary.duration, latency:percentile(50), latency:percentile(99),
+        summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write,
+        summary.errors.timeout))
+    end
+    """
+)
+
+
+def wrk_script(path: Path, request_lua: str, rate: float | None = None) -> Path:
+    """Write a wrk script: the clock, the pacer at ``rate`` req/s (None: as fast as it goes), the
+    caller's Lua (which defines ``request``) and the RESULT line that ``run_wrk`` parses."""
+    pace = LUA_PACE.replace("RATE", repr(float(rate))) if rate else ""
+    path.write_text(LUA_CLOCK + pace + textwrap.dedent(request_lua) + LUA_DONE)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,6 +172,12 @@ def wait_up(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"server at {url} did not come up")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far (seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kb(pid: int) -> int:
@@ -216,6 +288,7 @@ def run_wrk(wrk: str, url: str, script: Path, duration: int, connections: int) -
         raise SystemExit(f"could not parse wrk output:\n{out}")
     requests, duration_us, p50, p99, status_errors, socket_errors, timeouts = map(int, match.groups())
     return {
+        "requests": requests,
         "rps": requests / (duration_us / 1e6),
         "p50_ms": p50 / 1000,
         "p99_ms": p99 / 1000,
@@ -236,6 +309,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def reset_postgres(url: str) -> None:
+    """Wipe a PostgreSQL bench database (its public schema) so the server migrates a fresh one."""
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def reset() -> None:
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+        await engine.dispose()
+
+    asyncio.run(reset())
 
 
 def main() -> None:
@@ -260,19 +350,7 @@ def main() -> None:
         "THINGCLOUD_ADMIN_PASSWORD": "bench-admin-password",
     }
     if args.database_url.startswith("postgresql"):
-        import asyncio
-
-        from sqlalchemy import text
-        from sqlalchemy.ext.asyncio import create_async_engine
-
-        async def reset() -> None:
-            engine = create_async_engine(args.database_url)
-            async with engine.begin() as conn:
-                await conn.execute(text("DROP SCHEMA public CASCADE"))
-                await conn.execute(text("CREATE SCHEMA public"))
-            await engine.dispose()
-
-        asyncio.run(reset())
+        reset_postgres(args.database_url)
     base = f"http://127.0.0.1:{port}"
     server = start_server(
         [PYTHON, "-m", "thingcloud", "serve", "--port", str(port)], env, data_dir / "server.log"
@@ -288,7 +366,10 @@ def main() -> None:
         for _ in range(args.runs):
             sampler = RssSampler(server.pid)
             sampler.start()
-            results["thingcloud"].append(run_wrk(wrk, base, script, args.duration, args.connections))
+            cpu_before = cpu_seconds(server.pid)
+            run = run_wrk(wrk, base, script, args.duration, args.connections)
+            run["cpu_ms_per_1k"] = (cpu_seconds(server.pid) - cpu_before) * 1e6 / max(run["requests"], 1)
+            results["thingcloud"].append(run)
             sampler.running = False
             sampler.join()
             peak_rss = max(peak_rss, sampler.peak)
@@ -342,10 +423,15 @@ def main() -> None:
     )
     print()
     header = ["backend", f"msg/s (median of {args.runs})", "p50 ms", "p99 ms", "non-2xx"]
-    header += ["ceiling req/s", "ratio", "peak RSS MB"]
+    header += ["server CPU ms / 1k msg", "ceiling req/s", "ratio", "peak RSS MB"]
     row = [backend, f"{tc_rps:,.0f}", f"{median('thingcloud', 'p50_ms'):.1f}"]
     row += [f"{median('thingcloud', 'p99_ms'):.1f}", str(sum(r["non_2xx"] for r in results["thingcloud"]))]
-    row += [f"{ceil_rps:,.0f}", f"{tc_rps / ceil_rps:.0%}", f"{peak_rss / 1024:.0f}"]
+    row += [
+        f"{median('thingcloud', 'cpu_ms_per_1k'):.0f}",
+        f"{ceil_rps:,.0f}",
+        f"{tc_rps / ceil_rps:.0%}",
+        f"{peak_rss / 1024:.0f}",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     print("| " + " | ".join(row) + " |")

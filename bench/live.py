@@ -60,7 +60,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import MANIFEST, free_port, rss_kb, wait_up  # bench/ingest.py
+from ingest import MANIFEST, free_port, reset_postgres, rss_kb, wait_up  # bench/ingest.py
 
 PYTHON = sys.executable
 EMAIL, PASSWORD = "bench@example.com", "bench-password-1"
@@ -102,20 +102,6 @@ def raise_fd_limit(needed: int) -> int:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def reset_postgres(url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    async def reset() -> None:
-        engine = create_async_engine(url)
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-        await engine.dispose()
-
-    asyncio.run(reset())
 
 
 def start_node(name: str, env: dict[str, str], root: Path, cpus: str) -> Node:

@@ -3,6 +3,7 @@
     .venv/bin/python bench/mqtt.py                      # SQLite (a fresh file under a temp dir)
     .venv/bin/python bench/mqtt.py --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/bench
     .venv/bin/python bench/mqtt.py --devices 20 --idle 200 --duration 3 --action-rate 50   # quick check
+    .venv/bin/python bench/mqtt.py --phases actions --action-duration 30       # the actions phase alone
 
 What it does, so anyone can reproduce the figures in BENCHMARKS.md on one machine:
 1. starts `thingcloud serve` pinned to one core (taskset -c 1) on a fresh database, rate limits off,
@@ -14,24 +15,32 @@ What it does, so anyone can reproduce the figures in BENCHMARKS.md on one machin
    seconds after a warm-up: PUBACKs/s and the PUBLISH → PUBACK latency (p50, p99);
 4. the same load against a bare broker with no ThingCloud logic (--bare HOST:PORT, default the
    Mosquitto at 127.0.0.1:1883; e.g. `amqtt` started by hand; `--bare ''` skips it);
-5. actions: every device subscribes to /v1.1/actions/<did>; POST /v1.1/actions at --action-rate per
-   second (round robin over the devices, one in flight per device) for --duration seconds: the
-   latency from the POST being sent to the action arriving on MQTT (p50, p99);
+5. actions: every device subscribes to /v1.1/actions/<did>; wrk (one thread, 64 connections, pinned
+   to core 0 with this process, open loop paced by the clock: bench/ingest.py's wrk_script) POSTs
+   /v1.1/actions at --action-rate per second for --action-duration seconds (after a 2 s warm-up),
+   round robin over the devices, each action carrying its send time (wall clock, µs) as the ``sent``
+   parameter; the subscribers take arrival − sent of every PUBLISH: p50/p99/max, next to wrk's own
+   POST latency (so a slow POST and a slow delivery can be told apart), the rate achieved and the
+   server's CPU time per action (background work included: meaningful at load).
+   --profile FILE samples the server with py-spy (raw format) during this phase;
 6. memory: --idle further idle connections (keep-alive 0); the server's RSS before and after, divided
    by the number of connections.
-Prints a Markdown table. The load generator is plain asyncio on raw sockets (a paho thread per
-device would measure paho), using the endpoint's own packet encoder.
+Prints a Markdown table. The MQTT load generator is plain asyncio on raw sockets (a paho thread per
+device would measure paho), using the endpoint's own packet encoder. --phases picks the phases.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import resource
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +51,28 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ingest import MANIFEST, PYTHON, free_port, rss_kb, start_server, stop, wait_up
+from ingest import (
+    MANIFEST,
+    PYTHON,
+    cpu_seconds,
+    ensure_wrk,
+    free_port,
+    reset_postgres,
+    rss_kb,
+    run_wrk,
+    start_server,
+    stop,
+    wait_up,
+    wrk_script,
+)
 
 from thingcloud.channels.mqtt import packets
 
+# setOn carries its send time (µs since the epoch) so the subscriber can time each delivery.
+ACTION_MANIFEST = {
+    **MANIFEST,
+    "actions": [{"name": "setOn", "parameters": [{"name": "sent", "valueClass": "Double"}]}],
+}
 PAYLOAD = b'{"f0":1,"f1":2.5,"f2":3,"f3":4,"f4":%d}'
 
 
@@ -80,7 +107,8 @@ class Client:
         self.latencies: list[float] = []
         self.acked = 0
         self.window = asyncio.Semaphore(1)
-        self.actions: asyncio.Queue[float] = asyncio.Queue()
+        self.arrivals: list[float] = []  # ms from an action's ``sent`` parameter to its PUBLISH here
+        self.received: list[float] = []  # arrival (wall clock, ms) of every PUBLISH (bench/rules.py)
         self.task: asyncio.Task[None] | None = None
 
     async def connect(self, port: int, keepalive: int = 600) -> None:
@@ -112,7 +140,13 @@ class Client:
                     self.acked += 1
                     self.window.release()
             elif kind == packets.PUBLISH:
-                self.actions.put_nowait(now)
+                arrived_us = time.time() * 1e6
+                self.received.append(arrived_us / 1e3)
+                (length,) = struct.unpack("!H", body[:2])
+                for action in json.loads(body[2 + length :]):
+                    sent = action.get("parameters", {}).get("sent")
+                    if sent:
+                        self.arrivals.append((arrived_us - float(sent)) / 1e3)
 
     async def publish_loop(self, topic: str, window: int, stop_at: float) -> None:
         self.window = asyncio.Semaphore(window)
@@ -158,62 +192,75 @@ async def ingest_run(
     }
 
 
+ACTIONS_LUA = """
+local devices = read_devices("%(devices)s")
+local i = 0
+request = function()
+  i = i + 1
+  local did = devices[(i %% #devices) + 1][1]
+  local body = string.format(
+    '{"ddid":"%%s","type":"action","data":{"actions":[{"name":"setOn","parameters":{"sent":%%d}}]}}',
+    did, now_us())
+  return wrk.format("POST", "/v1.1/actions",
+    {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %(token)s"}, body)
+end
+"""
+
+
 async def actions_run(
-    clients: list[Client], base: str, token: str, rate: float, duration: float
+    clients: list[Client],
+    base: str,
+    token: str,
+    rate: float,
+    duration: float,
+    data_dir: Path,
+    server_pid: int,
+    profile: str = "",
 ) -> dict[str, float]:
+    """wrk (pinned to core 0 like this process) POSTs actions at ``rate``/s round robin over the
+    devices, each carrying its send time (wall clock, µs) as the ``sent`` parameter; the subscribers
+    (this process's asyncio clients) take arrival − sent from each PUBLISH on the actions topic."""
     for c in clients:
         await c.subscribe(f"/v1.1/actions/{c.did}")
-    await asyncio.sleep(0.5)
-    latencies: list[float] = []
-    posted: list[float] = []  # POST answered (committed): the REST part of the latency
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    headers = {"Authorization": f"Bearer {token}"}
-    errors = 0
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as http:
-
-        async def one(c: Client) -> None:
-            nonlocal errors
-            while not c.actions.empty():
-                c.actions.get_nowait()
-            sent = time.perf_counter()
-            body = {"ddid": c.did, "data": {"actions": [{"name": "setOn", "parameters": {}}]}}
-            response = await http.post("/v1.1/actions", json=body)
-            posted.append(time.perf_counter() - sent)
-            if response.status_code != 200:
-                errors += 1
-                return
-            try:
-                arrived = await asyncio.wait_for(c.actions.get(), 10)
-            except TimeoutError:
-                errors += 1
-                return
-            latencies.append(arrived - sent)
-
-        busy: dict[str, asyncio.Task[None]] = {}
-        pending: set[asyncio.Task[None]] = set()
-        started = time.perf_counter()
-        n = 0
-        while time.perf_counter() - started < duration:
-            due = started + n / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            c = clients[n % len(clients)]
-            n += 1
-            if c.did in busy and not busy[c.did].done():
-                errors += 1  # this device's previous action has not arrived yet: counted as missed
-                continue
-            task = asyncio.ensure_future(one(c))
-            busy[c.did] = task
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        elapsed = time.perf_counter() - started
-        if pending:
-            await asyncio.wait(pending)
+    devices = data_dir / "action-devices.txt"
+    devices.write_text("".join(f"{c.did}\n" for c in clients))
+    script = wrk_script(data_dir / "actions.lua", ACTIONS_LUA % {"devices": devices, "token": token}, rate)
+    wrk = ensure_wrk()
+    await asyncio.to_thread(run_wrk, wrk, base, script, 2, 64)  # warm-up
+    await asyncio.sleep(1.0)
+    for c in clients:
+        c.arrivals = []
+    spy = None
+    if profile:  # py-spy samples the server during the measured run
+        seconds = str(max(1, int(duration) - 1))
+        command = [py_spy(), "record", "-p", str(server_pid), "-d", seconds, "-r", "200", "-f", "raw"]
+        spy = subprocess.Popen(  # noqa: ASYNC220 (started once, before the load)
+            [*command, "-o", profile, "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    cpu = cpu_seconds(server_pid)
+    result = await asyncio.to_thread(run_wrk, wrk, base, script, int(duration), 64)
+    cpu = cpu_seconds(server_pid) - cpu
+    if spy:
+        await asyncio.to_thread(spy.wait)
+    await asyncio.sleep(2.0)  # the last deliveries
+    if not result["requests"]:
+        print("warning: wrk completed no POST /actions (the server stalled?); see the server log")
+    latencies = [x for c in clients for x in c.arrivals]
+    accepted = int(result["requests"]) - int(result["non_2xx"])
     return {
-        "sent_s": n / elapsed,
-        "p50_ms": pct(latencies, 0.5) * 1e3,
-        "p99_ms": pct(latencies, 0.99) * 1e3,
-        "missed": errors,
-        "post_p99_ms": pct(posted, 0.99) * 1e3,
+        "sent_s": result["rps"],
+        "p50_ms": pct(latencies, 0.5),
+        "p99_ms": pct(latencies, 0.99),
+        "max_ms": max(latencies, default=float("nan")),
+        "received": len(latencies),
+        "missed": max(0, accepted - len(latencies)),
+        "errors": result["non_2xx"] + result["socket_errors"],
+        "post_p50_ms": result["p50_ms"],
+        "post_p99_ms": result["p99_ms"],
+        # the server's CPU per action: what its one core allows (1000 / this = actions/s at 100 %)
+        "cpu_ms_per_action": cpu * 1e3 / max(1.0, result["requests"]),
     }
 
 
@@ -257,7 +304,7 @@ def setup(base: str, stdout: str, password: str, count: int) -> tuple[str, list[
             )
             dt.raise_for_status()
             dtid = dt.json()["data"]["id"]
-            (await api.post(f"/v1.1/devicetypes/{dtid}/manifests", json=MANIFEST)).raise_for_status()
+            (await api.post(f"/v1.1/devicetypes/{dtid}/manifests", json=ACTION_MANIFEST)).raise_for_status()
             gate = asyncio.Semaphore(16)
 
             async def device(i: int) -> tuple[str, str]:
@@ -274,6 +321,13 @@ def setup(base: str, stdout: str, password: str, count: int) -> tuple[str, list[
             return list(await asyncio.gather(*(device(i) for i in range(count))))
 
     return token, asyncio.run(make())
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(PYTHON).parent))
+    if not found:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    return found
 
 
 def reachable(host: str, port: int) -> bool:
@@ -293,10 +347,22 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4, help="QoS 1 publishes in flight per device")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each measured phase")
     parser.add_argument("--action-rate", type=float, default=1000.0, help="POST /actions per second")
+    parser.add_argument(
+        "--action-duration", type=float, default=0, help="seconds of the actions phase (default --duration)"
+    )
+    parser.add_argument(
+        "--phases", default="ingest,actions,idle,bare", help="which phases to run (comma-separated)"
+    )
+    parser.add_argument("--profile", default="", help="py-spy raw profile of the server in the actions phase")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds of rest between phases")
     parser.add_argument("--idle", type=int, default=10000, help="idle connections for the memory figure")
     parser.add_argument("--bare", default="127.0.0.1:1883", help="bare broker HOST:PORT ('' to skip)")
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
+    if "idle" not in phases:
+        args.idle = 0
+    if "bare" not in phases:
+        args.bare = ""
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = args.devices + args.idle + 1000
@@ -314,17 +380,7 @@ def main() -> None:
         "THINGCLOUD_MQTT_PORT": str(mqtt_port),
     }
     if args.database_url.startswith("postgresql"):
-        from sqlalchemy import text
-        from sqlalchemy.ext.asyncio import create_async_engine
-
-        async def reset() -> None:
-            engine = create_async_engine(args.database_url)
-            async with engine.begin() as conn:
-                await conn.execute(text("DROP SCHEMA public CASCADE"))
-                await conn.execute(text("CREATE SCHEMA public"))
-            await engine.dispose()
-
-        asyncio.run(reset())
+        reset_postgres(args.database_url)
     base = f"http://127.0.0.1:{port}"
     log = data_dir / "server.log"
     server = start_server([PYTHON, "-m", "thingcloud", "serve", "--port", str(port)], env, log)
@@ -336,15 +392,34 @@ def main() -> None:
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(0, {0})
 
-        async def measured() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        Result = dict[str, float] | None
+
+        async def measured() -> tuple[Result, Result, Result]:
             clients = [Client(did, tok) for did, tok in devices[: args.devices]]
-            ingest = await ingest_run(clients, mqtt_port, args.duration, args.window, bare=False)
-            await asyncio.sleep(args.settle)  # background consumers of the ingested messages catch up
-            actions = await actions_run(clients, base, token, args.action_rate, args.duration)
+            ingest = actions = idle = None
+            if "ingest" in phases:
+                ingest = await ingest_run(clients, mqtt_port, args.duration, args.window, bare=False)
+                await asyncio.sleep(args.settle)  # background consumers of the ingested messages catch up
+            else:
+                for c in clients:
+                    await c.connect(mqtt_port)
+                    c.start_reading()
+            if "actions" in phases:
+                actions = await actions_run(
+                    clients,
+                    base,
+                    token,
+                    args.action_rate,
+                    args.action_duration or args.duration,
+                    data_dir,
+                    server.pid,
+                    args.profile,
+                )
             for c in clients:
                 c.writer.close()
             await asyncio.sleep(1.0)
-            idle = await idle_run(devices[: args.idle], mqtt_port, server.pid)
+            if "idle" in phases:
+                idle = await idle_run(devices[: args.idle], mqtt_port, server.pid)
             return ingest, actions, idle
 
         ingest, actions, idle = asyncio.run(measured())
@@ -363,24 +438,31 @@ def main() -> None:
         f"{'PostgreSQL' if args.database_url else 'SQLite'}\n"
     )
     print("| measure | value |\n|---|---|")
-    print(
-        f"| ThingCloud QoS 1 ingest | {ingest['msg_s']:.0f} msg/s (PUBACK p50 {ingest['p50_ms']:.1f} ms, "
-        f"p99 {ingest['p99_ms']:.1f} ms) |"
-    )
-    if bare:
+    if ingest:
+        print(
+            f"| ThingCloud QoS 1 ingest | {ingest['msg_s']:.0f} msg/s (PUBACK p50 {ingest['p50_ms']:.1f} ms, "
+            f"p99 {ingest['p99_ms']:.1f} ms) |"
+        )
+    if bare and ingest:
         print(
             f"| bare broker ({args.bare}) QoS 1 | {bare['msg_s']:.0f} msg/s (p50 {bare['p50_ms']:.1f} ms, "
             f"p99 {bare['p99_ms']:.1f} ms); ThingCloud at {100 * ingest['msg_s'] / bare['msg_s']:.0f} % |"
         )
-    print(
-        f"| POST /actions → MQTT subscriber | {actions['sent_s']:.0f} actions/s sent, p50 "
-        f"{actions['p50_ms']:.1f} ms, p99 {actions['p99_ms']:.1f} ms (POST answered: p99 "
-        f"{actions['post_p99_ms']:.1f} ms), {actions['missed']:.0f} missed |"
-    )
-    print(
-        f"| idle connections | {idle['connections']:.0f}: RSS {idle['rss_before_mb']:.0f} → "
-        f"{idle['rss_after_mb']:.0f} MB, {idle['kb_per_connection']:.1f} KB per connection |"
-    )
+    if actions:
+        print(
+            f"| POST /actions → MQTT subscriber, {args.action_rate:.0f}/s asked (wrk) | "
+            f"{actions['sent_s']:.0f} actions/s sent, delivery (POST sent → PUBLISH received) p50 "
+            f"{actions['p50_ms']:.1f} ms, p99 {actions['p99_ms']:.1f} ms, max {actions['max_ms']:.0f} ms; "
+            f"POST answered p50 {actions['post_p50_ms']:.1f} ms, p99 {actions['post_p99_ms']:.1f} ms; "
+            f"{actions['received']:.0f} received, {actions['missed']:.0f} missed, "
+            f"{actions['errors']:.0f} HTTP errors; "
+            f"server CPU {actions['cpu_ms_per_action']:.2f} ms per action |"
+        )
+    if idle:
+        print(
+            f"| idle connections | {idle['connections']:.0f}: RSS {idle['rss_before_mb']:.0f} → "
+            f"{idle['rss_after_mb']:.0f} MB, {idle['kb_per_connection']:.1f} KB per connection |"
+        )
     print(f"\nserver log: {log}")
 
 

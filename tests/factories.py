@@ -209,12 +209,17 @@ def record_bus(live: LiveServer, pattern: str) -> list[tuple[str, dict[str, Any]
 # --- Registry: organizations -------------------------------------------------------------------------
 
 
-def make_org_app(live: LiveServer, owner_uid: str, oid: str, name: str = "Org App") -> App:
-    """An application belonging to organization ``oid`` (its owner must be a member)."""
+def make_org_app(
+    live: LiveServer, owner_uid: str, oid: str, name: str = "Org App", *, password_grant: bool = False
+) -> App:
+    """An application belonging to organization ``oid`` (its owner must be a member); with
+    ``password_grant`` its users can sign in through it (``password_token``)."""
     redirect_uri = "http://127.0.0.1:9/callback"
 
     async def work(rt: Any) -> Any:
-        return await apps.create_application(rt, name, owner_uid, [redirect_uri], oid=oid)
+        return await apps.create_application(
+            rt, name, owner_uid, [redirect_uri], password_grant=password_grant, oid=oid
+        )
 
     app, secret = live.call(work)
     return App(app.id, secret, owner_uid, redirect_uri)

@@ -390,3 +390,39 @@ def test_two_nodes_share_the_queue_and_never_run_a_job_twice(tmp_path: Path) -> 
         assert by_node["a"] > 0 and by_node["b"] > 0
 
     asyncio.run(scenario())
+
+
+def test_a_kind_with_slots_of_its_own_runs_while_the_shared_slots_are_busy(live: LiveServer) -> None:
+    """Webhook deliveries have their own slots: jobs holding every shared slot do not stall them,
+    and they never take more than their own number of slots at once."""
+    blocker, own = kind_name("blocker"), kind_name("own")
+    release = asyncio.Event()
+    running: list[int] = []
+    peak: list[int] = [0]
+
+    async def block(rt: Runtime, job: Job) -> None:
+        await release.wait()
+
+    async def quick(rt: Runtime, job: Job) -> None:
+        running.append(1)
+        peak[0] = max(peak[0], len(running))
+        await asyncio.sleep(0.05)
+        running.pop()
+
+    async def add(rt: Runtime) -> None:
+        rt.jobs.handle(blocker, block)
+        rt.jobs.handle(own, quick, slots=lambda settings: 2)
+
+    live.call(add)
+    blockers = [submit(live, blocker) for _ in range(live.settings.job_concurrency)]
+    wait_for(lambda: all(job_row(live, b)["status"] == "running" for b in blockers))
+    quick_ids = [submit(live, own) for _ in range(6)]
+    wait_for(lambda: all(job_row(live, q)["status"] == "succeeded" for q in quick_ids))
+    assert peak[0] <= 2
+    assert all(job_row(live, b)["status"] == "running" for b in blockers)
+
+    async def unblock(rt: Runtime) -> None:
+        release.set()
+
+    live.call(unblock)
+    wait_for(lambda: all(job_row(live, b)["status"] == "succeeded" for b in blockers))

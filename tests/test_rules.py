@@ -585,6 +585,38 @@ def test_trace_rate_limit_and_dry_run(live: LiveServer, client: httpx.Client, ho
     assert bad.status_code == 400
 
 
+def test_trace_storage_stays_bounded(live: LiveServer, client: httpx.Client, home: Home) -> None:
+    """Trimming is amortized (a rule is trimmed every half ``rule_trace_entries`` new entries): the
+    stored entries stay within 1.5x the setting, and the trace shows the newest ones."""
+    from sqlalchemy import func, select
+
+    from thingcloud import tables as t
+    from thingcloud.areas.rules.firing import record_traces
+
+    src, dst = home.devices[0], home.devices[1]
+    rule = created(client, home.user, simple(src, dst, ">", 30))
+    keep = live.settings.rule_trace_entries
+
+    async def write(rt: Any) -> int:
+        for n in range(3 * keep):
+            entry = {"at": n, "cause": "test", "conditions": [], "fired": False, "reason": str(n)}
+            await record_traces(rt, [(rule["id"], entry)])
+        async with rt.db.read() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count())
+                    .select_from(t.rule_traces)
+                    .where(t.rule_traces.c.rule_id == rule["id"])
+                )
+                or 0
+            )
+
+    stored = live.call(write)
+    assert keep <= stored <= keep + keep // 2
+    shown = trace(client, home.user, rule["id"])
+    assert [e["reason"] for e in shown] == [str(n) for n in range(3 * keep - 1, 2 * keep - 1, -1)]
+
+
 def test_a_failing_action_is_traced_and_the_engine_keeps_going(
     live: LiveServer, client: httpx.Client, home: Home
 ) -> None:

@@ -16,6 +16,10 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from thingcloud import __version__
+from thingcloud.areas.devicemgmt import properties as devicemgmt_properties
+from thingcloud.areas.devicemgmt import task_lifecycle as devicemgmt_tasks
+from thingcloud.areas.devicemgmt.routes import router as devicemgmt_router
+from thingcloud.areas.devicemgmt.task_routes import router as devicemgmt_tasks_router
 from thingcloud.areas.devices.routes import router as devices_router
 from thingcloud.areas.devices.shares_routes import router as shares_router
 from thingcloud.areas.devicetypes.routes import router as devicetypes_router
@@ -29,6 +33,7 @@ from thingcloud.areas.messages.writer import IngestMetrics
 from thingcloud.areas.organizations.routes import router as organizations_router
 from thingcloud.areas.rules import engine as rules_engine
 from thingcloud.areas.rules.routes import router as rules_router
+from thingcloud.areas.scenes.routes import router as scenes_router
 from thingcloud.areas.subscriptions import matching as subscription_matching
 from thingcloud.areas.subscriptions.routes import router as subscriptions_router
 from thingcloud.areas.users.routes import router as users_router
@@ -36,6 +41,7 @@ from thingcloud.auth.pages import router as pages_router
 from thingcloud.auth.routes import router as tokens_router
 from thingcloud.bootstrap import first_start
 from thingcloud.bus import Bus
+from thingcloud.channels import devicemgmt as devicemgmt_channel
 from thingcloud.channels import websocket as channels
 from thingcloud.channels.mqtt.server import MqttServer
 from thingcloud.clock import Clock
@@ -80,12 +86,15 @@ def create_app(
         # collector's full passes, which otherwise walk it all and show up as latency spikes.
         gc.collect()
         gc.freeze()
+        devicemgmt_tasks.register(rt)
         await rt.jobs.start(job_metrics)
+        await devicemgmt_properties.attach(rt)
         await message_rollups.register(rt)
         await subscription_matching.attach(rt)
         await rules_engine.register(rt)
         await rt.feed.start(feed_metrics)
         hub = await channels.start(app, rt)
+        await devicemgmt_channel.attach(rt, hub)
         mqtt = MqttServer(rt, hub)
         app.state.mqtt = mqtt
         await mqtt.start()
@@ -129,6 +138,9 @@ def create_app(
         exports_router,
         subscriptions_router,
         rules_router,
+        scenes_router,
+        devicemgmt_router,
+        devicemgmt_tasks_router,
     ):
         app.include_router(router)
     # The message hot path: plain endpoints served ahead of FastAPI's stack, documented by hand.

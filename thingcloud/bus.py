@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
+MATCH_CACHE_SUBJECTS = 10_000
+
 BUS_RESYNC = "bus.resync"
 """Delivered to this node's own subscribers only (never sent to other nodes) when the bus may have
 lost messages, e.g. after a NATS reconnect: caches kept fresh by bus events drop what they hold."""
@@ -51,6 +53,7 @@ class _LocalSubscription:
     async def unsubscribe(self) -> None:
         if self in self.bus._subscriptions:
             self.bus._subscriptions.remove(self)
+            self.bus._matching.clear()
 
 
 class InProcessBus:
@@ -63,24 +66,34 @@ class InProcessBus:
 
     def __init__(self) -> None:
         self._subscriptions: list[_LocalSubscription] = []
+        # subject -> its subscribers, so a publish (one per stored message, for /live) does not
+        # match every pattern again; cleared whenever the subscriptions change.
+        self._matching: dict[str, list[_LocalSubscription]] = {}
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
         self._subscriptions.clear()
+        self._matching.clear()
 
     async def publish(self, subject: str, payload: dict[str, Any]) -> None:
-        for sub in list(self._subscriptions):
-            if subject_matches(sub.pattern, subject):
-                try:
-                    await sub.handler(subject, payload)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("bus handler for %s failed on %s", sub.pattern, subject)
+        found = self._matching.get(subject)
+        if found is None:
+            if len(self._matching) >= MATCH_CACHE_SUBJECTS:
+                self._matching.clear()
+            found = [s for s in self._subscriptions if subject_matches(s.pattern, subject)]
+            self._matching[subject] = found
+        for sub in found:  # the subscribers as of the publish, as a copy would be
+            try:
+                await sub.handler(subject, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bus handler for %s failed on %s", sub.pattern, subject)
 
     async def subscribe(self, pattern: str, handler: Handler) -> Subscription:
         sub = _LocalSubscription(self, pattern, handler)
         self._subscriptions.append(sub)
+        self._matching.clear()
         return sub

@@ -60,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from thingcloud import tables as t
 from thingcloud.bus import Subscription
+from thingcloud.feed_tail import FeedTail
 
 if TYPE_CHECKING:
     from thingcloud.runtime import Runtime
@@ -208,8 +209,11 @@ class FeedConsumer:
         start_at: Literal["earliest", "latest"] = "earliest",
         metrics: FeedMetrics | None = None,
         coalesce: float | None = None,
+        tail: FeedTail | None = None,
     ) -> None:
         self.rt, self.name, self.handler, self.batch = rt, name, handler, batch
+        # The node's shared read of the feed (``Feed.tail``); a consumer on its own reads directly.
+        self.tail = tail or FeedTail(lambda seq, limit: read_after(rt, seq, limit), 0)
         self.start_at = start_at
         # Pause after a partial batch; None: ``feed_coalesce_seconds``. Consumers that nobody waits
         # for (rollups) take longer pauses and so far fewer, larger batches.
@@ -275,7 +279,7 @@ class FeedConsumer:
                     continue
                 assert self.checkpoint is not None
                 self._wake.clear()  # a notification from here on means "read again"
-                entries = await read_after(self.rt, self.checkpoint, self.batch)
+                entries = await self.tail.after(self.checkpoint, self.batch)
                 if not entries:
                     if self.checkpoint > self._written:  # caught up: the checkpoint is written at rest
                         await self._write_checkpoint(self.checkpoint)
@@ -391,6 +395,7 @@ class Feed:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.consumers: dict[str, FeedConsumer] = {}
+        self.tail = FeedTail(lambda seq, limit: read_after(rt, seq, limit), rt.settings.feed_tail_entries)
         self.metrics: FeedMetrics | None = None
         self.running = False
 
@@ -404,7 +409,7 @@ class Feed:
     ) -> FeedConsumer:
         if name in self.consumers:
             raise ValueError(f"feed consumer {name!r} is already registered")
-        consumer = FeedConsumer(self.rt, name, handler, batch, start_at, self.metrics, coalesce)
+        consumer = FeedConsumer(self.rt, name, handler, batch, start_at, self.metrics, coalesce, self.tail)
         self.consumers[name] = consumer
         if self.running:
             await consumer.start()

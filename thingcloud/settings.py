@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     feed_coalesce_seconds: float = 0.01
     """After a batch that was not full, a consumer waits this long before reading again, so that under
     load it reads a few large batches rather than one per commit."""
+    feed_tail_entries: int = 20_000
+    """The newest feed entries each node keeps decoded in memory for its consumers, which then share
+    one read of the feed (thingcloud/feed_tail.py); 0 makes every consumer read the database itself."""
     feed_retention: int = 7 * 86400
     """Feed entries older than this and already past every consumer's checkpoint are trimmed."""
 
@@ -106,6 +109,8 @@ class Settings(BaseSettings):
     """Where export archives (and uploaded import files) are kept; unset: ``<data_dir>/exports``."""
     export_ttl: int = 86400
     """Seconds an export archive stays downloadable after it is made; then it is Expired and removed."""
+    export_niceness: int = Field(default=19, ge=0, le=19)
+    """CPU priority of the export worker process (``nice``): 19 gives it only what live traffic leaves."""
     import_max_bytes: int = 100 * 1024 * 1024
     """Largest file ``POST /messages/import`` accepts."""
     smtp_url: str = ""
@@ -122,12 +127,25 @@ class Settings(BaseSettings):
     """Total time allowed for one callback POST (connect, send, answer)."""
     notification_max_body: int = 64 * 1024
     """A callback's answer is read up to this many bytes, the rest is ignored."""
+    notification_concurrency: int = Field(default=32, ge=1)
+    """Webhook deliveries a node runs at once, in slots of their own (not ``job_concurrency``'s): a
+    delivery mostly waits on the callback, and one slot per slow callback must not stall the rest."""
     notification_max_failures: int = 10
     """Consecutive failed deliveries after which a subscription is SUSPENDED."""
     subscription_validation_ttl: int = 24 * 3600
     """Subscriptions not validated within this long are deleted."""
     kinesis_sink: str = ""
     """``module:factory`` building the Kinesis sink (``factory(rt)``); empty: awsKinesis refused."""
+
+    # Device-management tasks (thingcloud/areas/devicemgmt/tasks.py, task_delivery.py); seconds.
+    dm_task_answer_timeout: float = 60.0
+    """A device that got a task and has not answered within this long (doubled at each attempt) gets
+    it again; after ``dm_task_max_attempts`` sends it is FAILED (``NO_ANSWER``)."""
+    dm_task_max_attempts: int = 3
+    dm_task_sweep_interval: float = 10.0
+    """How often unanswered and cancel-requested device tasks are looked at."""
+    dm_update_max_bytes: int = 64 * 1024 * 1024
+    """Largest firmware image the OTA upload endpoint accepts (stored under ``<data_dir>/firmware``)."""
 
     # WebSocket channels (thingcloud/channels); times in seconds.
     websocket_register_timeout: float = 30.0

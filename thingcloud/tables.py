@@ -549,3 +549,133 @@ rule_traces = Table(
     Column("entry", JSON, nullable=False),
 )
 Index("ix_rule_traces_rule_id", rule_traces.c.rule_id, rule_traces.c.id)
+
+# Scenes (thingcloud/areas/scenes): rule-style actions sent together on activation, as created (the
+# ``actions`` list as sent). Invalidated (``invalidated_on``, ``error``) when a device they use is
+# deleted. Listed per user and creating application.
+scenes = Table(
+    "scenes",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("uid", ID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("aid", ID, nullable=True),
+    Column("name", String(64), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("actions", JSON, nullable=False),
+    Column("invalidated_on", BigInteger, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+Index("ix_scenes_uid_aid", scenes.c.uid, scenes.c.aid, scenes.c.created_on)
+
+# --- Device management: configuration, manifest, properties (thingcloud/areas/devicemgmt) ------------
+# Per device type: the DM configuration (§3.16 DeviceTypesInfo; no row = the defaults) and the DM
+# manifest (server and device property definitions; no row = the default manifest).
+dm_configs = Table(
+    "dm_configs",
+    metadata,
+    Column("dtid", String(100), ForeignKey("device_types.id", ondelete="CASCADE"), primary_key=True),
+    Column("device_properties_enabled", Boolean, nullable=False),
+    Column("pmin", Integer, nullable=False),
+    Column("pmax", Integer, nullable=False),
+    Column("task_expires_after", Integer, nullable=False),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+dm_manifests = Table(
+    "dm_manifests",
+    metadata,
+    Column("dtid", String(100), ForeignKey("device_types.id", ondelete="CASCADE"), primary_key=True),
+    Column("document", JSON, nullable=False),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+
+# Every stored property leaf of a device, flattened: ``path`` is the full dot path
+# (``serverProperties.name``, ``deviceProperties.device.timezone``, ``systemProperties.lastRegistration``).
+# ``match`` is the value's canonical text (what a ``filter`` compares); ``dtid`` is copied from the
+# device so one index answers "devices of this type whose path has this value".
+dm_properties = Table(
+    "dm_properties",
+    metadata,
+    Column("did", ID, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("dtid", String(100), nullable=False),
+    Column("value", JSON, nullable=True),
+    Column("match", String(200), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+)
+Index(
+    "ix_dm_properties_filter",
+    dm_properties.c.dtid,
+    dm_properties.c.path,
+    dm_properties.c.match,
+    dm_properties.c.did,
+)
+
+# --- Device management tasks (thingcloud/areas/devicemgmt/tasks.py, task_delivery.py, ota.py) ----------
+
+dm_tasks = Table(
+    "dm_tasks",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("dtid", String(100), ForeignKey("device_types.id", ondelete="CASCADE"), nullable=False),
+    Column("filter", Text, nullable=True),
+    Column("dids", JSON, nullable=True),  # as requested (None for a filter task)
+    Column("task_type", String(2), nullable=False),  # R | W | E
+    Column("property", String(300), nullable=False),
+    Column("parameters", JSON, nullable=False),  # taskParameters as accepted
+    Column("needs_acceptance", Boolean, nullable=False),
+    Column("status", String(12), nullable=False),  # REQUESTED | QUEUING | PROCESSING | COMPLETE | CANCELLED
+    Column("expires_on", BigInteger, nullable=False),
+    Column("created_on", BigInteger, nullable=False),
+    Column("modified_on", BigInteger, nullable=False),
+)
+Index("ix_dm_tasks_dtid_created", dm_tasks.c.dtid, dm_tasks.c.created_on)
+
+dm_device_tasks = Table(
+    "dm_device_tasks",
+    metadata,
+    Column("tid", ID, ForeignKey("dm_tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("did", ID, ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("acceptance", String(12), nullable=False),  # NOT_REQUIRED | WAITING | ACCEPTED | REJECTED
+    Column("attempts", Integer, nullable=False),
+    Column("error_code", String(40), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("result", JSON, nullable=True),  # what the device answered
+    Column("sent_at", BigInteger, nullable=True),  # last delivery to a connection
+    Column("ts", BigInteger, nullable=False),  # last status change
+)
+Index("ix_dm_device_tasks_did_status", dm_device_tasks.c.did, dm_device_tasks.c.status)
+Index("ix_dm_device_tasks_tid_status", dm_device_tasks.c.tid, dm_device_tasks.c.status)
+
+dm_task_history = Table(
+    "dm_task_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("tid", ID, ForeignKey("dm_tasks.id", ondelete="CASCADE"), nullable=False),
+    Column("did", ID, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error_code", String(40), nullable=True),
+    Column("error_message", Text, nullable=True),
+)
+Index("ix_dm_task_history_tid", dm_task_history.c.tid, dm_task_history.c.id)
+
+dm_updates = Table(
+    "dm_updates",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column(
+        "dtid", String(100), ForeignKey("device_types.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("version", String(100), nullable=False),
+    Column("filename", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_on", BigInteger, nullable=False),
+)

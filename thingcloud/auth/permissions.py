@@ -353,6 +353,75 @@ def device_type_filter(principal: Principal, access: Access) -> tuple[bool, froz
     return False, frozenset(d for d, allowed in named.items() if access.value in allowed)
 
 
+# --- Scenes -----------------------------------------------------------------------------------------
+
+SCENE_DEVICE_TYPE = "cloud.artik.scene"
+"""The special "Scene" device type that gates the Scenes API for applications (REFERENCE.md §1.5):
+no device type row exists, applications name it in their permissions by this unique name
+(``devicetypes:cloud.artik.scene:READ,WRITE``; the default ``*`` includes it)."""
+
+
+def check_scenes(principal: Principal, access: Access) -> None:
+    """The Scenes API: user and application tokens whose application has ``access`` on the Scene
+    device type (READ to read and activate, WRITE to create, change and delete) within the granted
+    scope. Rights on the devices a scene sends to are checked on top, per device."""
+    if principal.kind == "device":
+        raise Forbidden("Scenes are managed with a user or application token")
+    app = principal.app or AppPermissions()
+    if not _scope_allows(principal, access) or not app.on_device_type(SCENE_DEVICE_TYPE, access):
+        raise Forbidden.missing("device_type", [SCENE_DEVICE_TYPE])
+
+
+# --- Device management (/devicemgmt, REFERENCE.md §1.6, §4.14) --------------------------------------
+
+
+async def is_devicemgmt_admin(rt: Runtime, principal: Principal, dt: Any) -> bool:
+    """Who manages a device type's fleet: an administrator of the type's organization with a user
+    token of one of the organization's applications, or the organization's own application token.
+    A type without an organization is managed by its owner user (through an application allowed on
+    the type). Developers of the organization are not administrators here (§4.14)."""
+    if principal.kind == "app":
+        return dt["oid"] is not None and await app_organization(rt, principal.aid) == dt["oid"]
+    if principal.kind != "user":
+        return False
+    if dt["oid"] is None:
+        app = principal.app or AppPermissions()
+        return dt["owner_uid"] == principal.uid and app.on_device_type(dt["id"], Access.READ)
+    return (
+        await org_role(rt, principal.uid, dt["oid"]) == "administrator"
+        and await app_organization(rt, principal.aid) == dt["oid"]
+    )
+
+
+async def check_devicemgmt_type(rt: Runtime, principal: Principal, dt: Any, access: Access) -> None:
+    """Type-level device management (cross-device property queries, DM configuration and manifest,
+    tasks): only ``is_devicemgmt_admin`` callers, within their granted scope; never a device token."""
+    if principal.kind == "device" or not _scope_allows(principal, access):
+        raise Forbidden.missing("device_type", [dt["id"]])
+    if not await is_devicemgmt_admin(rt, principal, dt):
+        raise Forbidden.missing("device_type", [dt["id"]])
+
+
+async def check_devicemgmt_device(
+    rt: Runtime, principal: Principal, device: Any, dt: Any, access: Access
+) -> None:
+    """One device's DM properties: its own device token, its owner's user token (an application
+    allowed on its type), or a type-level administrator (``is_devicemgmt_admin``). Share recipients
+    and other applications of the owner are refused."""
+    if principal.kind == "device":
+        if principal.did != device["id"]:
+            raise Forbidden.missing("device", [device["id"]])
+        return
+    if not _scope_allows(principal, access):
+        raise Forbidden.missing("device", [device["id"]])
+    if await is_devicemgmt_admin(rt, principal, dt):
+        return
+    if principal.kind == "user" and principal.uid == device["uid"]:
+        await check_device(rt, principal, device, access)
+        return
+    raise Forbidden.missing("device", [device["id"]])
+
+
 # --- Device shares ----------------------------------------------------------------------------------
 
 

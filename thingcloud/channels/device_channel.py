@@ -21,7 +21,7 @@ from thingcloud.areas.devices.status import write_status
 from thingcloud.areas.messages.service import ingest
 from thingcloud.auth.permissions import Access, Principal, check_device
 from thingcloud.auth.tokens import authenticate, parse_authorization
-from thingcloud.channels import protocol
+from thingcloud.channels import devicemgmt, protocol
 from thingcloud.channels.connections import ChannelHub
 from thingcloud.channels.sessions import CLOSE_WAIT, DeviceSession, refuse, serve
 from thingcloud.errors import ApiError, BadRequest, Forbidden, NotFound, RateLimited
@@ -92,6 +92,7 @@ async def _register(session: DeviceSession, hub: ChannelHub, frame: dict[str, An
             await presence(rt, did, row, principal, online=True)
     if session.ack:
         session.push(protocol.registered_frame(cid))
+    devicemgmt.device_ready(session, did)
 
 
 async def _limit(rt: Runtime, principal: Principal, did: str) -> None:
@@ -180,6 +181,8 @@ async def _device_frames(ws: WebSocket, session: DeviceSession, hub: ChannelHub)
                         session.push(protocol.registered_frame(cid))
                 elif kind == "list":
                     session.push(protocol.list_frame(sorted(session.devices), cid))
+                elif kind in devicemgmt.FRAME_TYPES:
+                    await devicemgmt.websocket_frame(session, frame)
                 elif kind in ("message", "action"):
                     await gate.acquire()
                     task = asyncio.ensure_future(_send_data(session, frame, gate))

@@ -193,6 +193,15 @@ class DeviceSession(Session):
         """Another connection (any channel, any node) holds ``did`` now: tell this one why."""
         self.push(protocol.error_frame(protocol.replaced(did), sdid=did))
 
+    # Device-management tasks (channels/devicemgmt.py).
+    def accepts_tasks(self, did: str) -> bool:
+        return did in self.devices
+
+    def send_task(self, did: str, message: dict[str, Any]) -> None:
+        from thingcloud.channels.devicemgmt import task_frame
+
+        self.push(task_frame(did, message))
+
 
 # --- running a session ------------------------------------------------------------------------------
 

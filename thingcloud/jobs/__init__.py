@@ -27,6 +27,7 @@ from thingcloud.ids import new_id
 
 if TYPE_CHECKING:
     from thingcloud.runtime import Runtime
+    from thingcloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class JobKind:
     handler: JobHandler
     every: float | None = None
     """Seconds between runs of a recurring job (one row per kind, rescheduled after each run)."""
+    slots: Callable[[Settings], int] | None = None
+    """The kind's own number of concurrent jobs on a node, from the settings; None: it shares the
+    ``job_concurrency`` slots with the other kinds. For kinds that mostly wait (webhook deliveries),
+    so a burst of them neither waits behind nor holds up the rest."""
 
 
 class JobRegistry:
@@ -68,15 +73,23 @@ class JobRegistry:
     def __init__(self) -> None:
         self.kinds: dict[str, JobKind] = {}
 
-    def register(self, kind: str, handler: JobHandler, every: float | None = None) -> None:
+    def register(
+        self,
+        kind: str,
+        handler: JobHandler,
+        every: float | None = None,
+        slots: Callable[[Settings], int] | None = None,
+    ) -> None:
         existing = self.kinds.get(kind)
         if existing is not None and existing.handler is not handler:
             raise ValueError(f"job kind {kind!r} already has a handler")
-        self.kinds[kind] = JobKind(kind, handler, every)
+        self.kinds[kind] = JobKind(kind, handler, every, slots)
 
-    def job(self, kind: str, every: float | None = None) -> Callable[[JobHandler], JobHandler]:
+    def job(
+        self, kind: str, every: float | None = None, slots: Callable[[Settings], int] | None = None
+    ) -> Callable[[JobHandler], JobHandler]:
         def decorate(handler: JobHandler) -> JobHandler:
-            self.register(kind, handler, every)
+            self.register(kind, handler, every, slots)
             return handler
 
         return decorate

@@ -21,6 +21,7 @@ import importlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -41,6 +42,7 @@ from thingcloud.jobs import (
 
 if TYPE_CHECKING:
     from thingcloud.runtime import Runtime
+    from thingcloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ JOB_MODULES = (
     "thingcloud.areas.exports.jobs",
     "thingcloud.areas.subscriptions.delivery",
     "thingcloud.areas.rules.timers",
+    "thingcloud.areas.devicemgmt.task_lifecycle",
 )
 BACKOFF_CAP_SECONDS = 3600.0
 GAUGE_REFRESH_SECONDS = 5.0
@@ -103,15 +106,22 @@ class JobRunner:
         self.registry = (kinds or load_job_modules()).copy()
         self.metrics: JobMetrics | None = None
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._running_kind: dict[str, str] = {}  # job id -> kind, for the slots of each pool
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
         self._gauged: set[tuple[str, str]] = set()
         self._gauged_at = 0.0
 
-    def handle(self, kind: str, handler: JobHandler, every: float | None = None) -> None:
+    def handle(
+        self,
+        kind: str,
+        handler: JobHandler,
+        every: float | None = None,
+        slots: Callable[[Settings], int] | None = None,
+    ) -> None:
         """Run ``kind`` on this node (in addition to the built-in kinds)."""
-        self.registry.register(kind, handler, every)
+        self.registry.register(kind, handler, every, slots)
 
     @property
     def _lease_ms(self) -> int:
@@ -177,12 +187,17 @@ class JobRunner:
                     await self.schedule_recurring()
                     scheduled = True
                 await self._reap_expired()
-                free = self.rt.settings.job_concurrency - len(self.running)
-                claimed = await self._claim(free) if free > 0 else []
-                for job in claimed:
-                    self.running[job.id] = asyncio.create_task(self._execute(job), name=f"job:{job.kind}")
+                full = False
+                for kinds, slots in self._pools():
+                    busy = sum(1 for k in self._running_kind.values() if k in kinds)
+                    free = slots - busy
+                    claimed = await self._claim(free, kinds) if free > 0 else []
+                    for job in claimed:
+                        self._running_kind[job.id] = job.kind
+                        self.running[job.id] = asyncio.create_task(self._execute(job), name=f"job:{job.kind}")
+                    full = full or bool(claimed and len(claimed) == free)
                 await self._refresh_gauges()
-                if claimed and len(claimed) == free:
+                if full:
                     continue  # a full claim: more may be due as soon as a slot frees
             except asyncio.CancelledError:
                 raise
@@ -191,12 +206,18 @@ class JobRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), poll)
 
-    async def _claim(self, limit: int) -> list[Job]:
+    def _pools(self) -> list[tuple[list[str], int]]:
+        """(kinds, slots): the kinds sharing ``job_concurrency``, then each kind with slots of its own."""
+        shared = [k.kind for k in self.registry.kinds.values() if k.slots is None]
+        own = [([k.kind], k.slots(self.rt.settings)) for k in self.registry.kinds.values() if k.slots]
+        return [(shared, self.rt.settings.job_concurrency), *own]
+
+    async def _claim(self, limit: int, kinds: list[str]) -> list[Job]:
         j = t.jobs
         now = self.rt.clock.now_ms()
         due = (
             select(j.c.id)
-            .where(j.c.status.in_(CLAIMABLE), j.c.run_at <= now, j.c.kind.in_(list(self.registry.kinds)))
+            .where(j.c.status.in_(CLAIMABLE), j.c.run_at <= now, j.c.kind.in_(kinds))
             .order_by(j.c.run_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -276,6 +297,7 @@ class JobRunner:
             if self.metrics is not None:
                 self.metrics.duration.labels(job.kind).observe(time.perf_counter() - started)
             self.running.pop(job.id, None)
+            self._running_kind.pop(job.id, None)
             self._wake.set()
 
     def _mine(self, job: Job) -> Any:

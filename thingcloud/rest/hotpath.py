@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -38,6 +38,8 @@ class HotPath:
         scope["route"] = _Template(scope["path"])  # the metrics label, as the router would set it
         try:
             response = await endpoint(Request(scope, receive))
+        except ClientDisconnect:
+            return  # the client left before its body arrived (a load generator stopping): no one to answer
         except Exception as exc:
             error = as_api_error(exc)
             request_id = scope.get("state", {}).get("request_id")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from thingcloud.simulator.fleet import ApiClient, Fleet, SimDevice, SimulatorError, prepare_fleet
+from thingcloud.simulator.management import DeviceManagement
 from thingcloud.simulator.readings import DeviceModel
 from thingcloud.simulator.transports import HttpLink, Link, Lost, MqttLink, Rejected, WebSocketLink
 
@@ -70,6 +71,10 @@ class Summary:
     skipped: int = 0
     actions_received: int = 0
     actions_applied: int = 0
+    tasks_received: int = 0
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    updates_installed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
@@ -88,6 +93,8 @@ class Summary:
             f"  failed        {self.failed}",
             f"  skipped       {self.skipped}  (slots missed while behind schedule)",
             f"  actions       {self.actions_received} received, {self.actions_applied} applied",
+            f"  tasks         {self.tasks_received} received, {self.tasks_succeeded} succeeded, "
+            f"{self.tasks_failed} failed, {self.updates_installed} updates installed",
         ]
         lines += [f"  error x{count}: {message}" for message, count in self.errors.most_common(5)]
         return "\n".join(lines)
@@ -117,6 +124,8 @@ class Simulation:
         self.models: dict[str, DeviceModel] = {}
         self.gate = asyncio.Semaphore(max(1, config.max_in_flight))
         self.inflight: set[asyncio.Task[None]] = set()
+        self.management = DeviceManagement()  # the device side of device management
+        self.links: dict[str, Any] = {}  # did → its link (WebSocket and MQTT links take tasks)
 
     # ---------------------------------------------------------------- actions
 
@@ -135,6 +144,11 @@ class Simulation:
                 log.info("%s: action %s %s -> %s", device.name, applied.name, parameters, changes)
             else:
                 log.info("%s: action %s %s (%s)", device.name, applied.name, parameters, applied.note)
+
+    def on_task(self, device: SimDevice, message: Any) -> None:
+        link = self.links.get(device.did)
+        if link is not None:
+            self.management.on_task(device, message, link.send_management)
 
     def on_error(self, device: SimDevice, about_publish: bool, message: str) -> None:
         log.warning("%s: %s", device.name, message)
@@ -157,11 +171,19 @@ class Simulation:
             if config.protocol == "http":
                 links.append(HttpLink(device, config.url, tls))
             elif config.protocol == "websocket":
-                links.append(WebSocketLink(device, config.url, self.on_actions))
+                links.append(WebSocketLink(device, config.url, self.on_actions, self.on_task))
             else:
                 links.append(
-                    MqttLink(device, config.mqtt_host, config.mqtt_port, self.on_actions, self.on_error)
+                    MqttLink(
+                        device,
+                        config.mqtt_host,
+                        config.mqtt_port,
+                        self.on_actions,
+                        self.on_error,
+                        self.on_task,
+                    )
                 )
+        self.links = {link.device.did: link for link in links if config.protocol != "http"}
         return links
 
     async def _open(self, links: list[Link]) -> list[Link]:
@@ -279,6 +301,9 @@ class Simulation:
                 len(links),
                 config.protocol,
             )
+            for link in links:  # devices that take tasks report their device properties
+                if link.device.did in self.links:
+                    self.management.on_connected(link.device, self.links[link.device.did].send_management)
             began = time.monotonic()
             start = asyncio.get_running_loop().time()
             senders = [asyncio.create_task(self._device(link, i, start)) for i, link in enumerate(links)]
@@ -302,6 +327,13 @@ class Simulation:
                 await asyncio.sleep(0.5)
         finally:
             self.summary.seconds = self.summary.seconds or time.monotonic() - began
+            counts = self.management.counts
+            self.summary.tasks_received, self.summary.tasks_succeeded = counts.received, counts.succeeded
+            self.summary.tasks_failed, self.summary.updates_installed = (
+                counts.failed,
+                counts.updates_installed,
+            )
+            await self.management.close()
             await asyncio.gather(*(link.close() for link in every), return_exceptions=True)
             await api.close()
         return self.summary

@@ -32,6 +32,7 @@ log = logging.getLogger("thingcloud.simulator")
 
 ActionsHandler = Callable[[SimDevice, list[Any]], None]
 ErrorHandler = Callable[[SimDevice, bool, str], None]  # (device, about a publish?, message)
+TaskHandler = Callable[[SimDevice, Any], None]  # a device-management task message (management.py)
 # Errors-topic codes about the connection rather than a publish: 401 (revoked), 409 (taken over).
 CONNECTION_ERRORS = (401, 409)
 ACK_TIMEOUT = 30.0
@@ -150,10 +151,13 @@ class WebSocketLink:
     """One device channel socket per device: ``register``, messages with a ``cid`` answered by an
     ack (or an error frame with the same ``cid``), action frames pushed by the server."""
 
-    def __init__(self, device: SimDevice, base_url: str, on_actions: ActionsHandler) -> None:
+    def __init__(
+        self, device: SimDevice, base_url: str, on_actions: ActionsHandler, on_task: TaskHandler | None = None
+    ) -> None:
         self.device = device
         self.url = websocket_url(base_url)
         self.on_actions = on_actions
+        self.on_task = on_task
         self.pending: dict[str, asyncio.Future[str]] = {}
         self.cids = itertools.count(1)
         self.ws: Any = None
@@ -239,6 +243,10 @@ class WebSocketLink:
             actions = (frame.get("data") or {}).get("actions")
             self.on_actions(self.device, actions if isinstance(actions, list) else [])
             return False
+        if frame.get("type") == "devicemgmt.task":
+            if self.on_task is not None:
+                self.on_task(self.device, frame.get("data"))
+            return False
         body = frame.get("data") if "data" in frame else frame.get("error")
         if not isinstance(body, dict):
             return False
@@ -256,13 +264,20 @@ class WebSocketLink:
         return False
 
     async def send(self, data: dict[str, Any]) -> str:
+        return await self._send_frame("message", data)
+
+    async def send_management(self, kind: str, data: dict[str, Any]) -> None:
+        """A task result (``result``) or a properties report (``properties``), acknowledged."""
+        await self._send_frame(f"devicemgmt.{kind}", data)
+
+    async def _send_frame(self, kind: str, data: dict[str, Any]) -> str:
         ws = self.ws
         if ws is None:
             raise Lost("not connected")
         cid = str(next(self.cids))
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.pending[cid] = future
-        frame = {"sdid": self.device.did, "cid": cid, "type": "message", "data": data}
+        frame = {"sdid": self.device.did, "cid": cid, "type": kind, "data": data}
         try:
             await ws.send(json.dumps(frame))
             return await asyncio.wait_for(future, ACK_TIMEOUT)
@@ -300,14 +315,18 @@ class MqttLink:
         port: int,
         on_actions: ActionsHandler,
         on_error: ErrorHandler,
+        on_task: TaskHandler | None = None,
     ) -> None:
         self.device = device
         self.host, self.port = host, port
-        self.on_actions, self.on_error = on_actions, on_error
+        self.on_actions, self.on_error, self.on_task = on_actions, on_error, on_task
         self.topics = {
             "messages": f"/v1.1/messages/{device.did}",
             "actions": f"/v1.1/actions/{device.did}",
             "errors": f"/v1.1/errors/{device.did}",
+            "tasks": f"/v1.1/devicemgmt/{device.did}/tasks",
+            "result": f"/v1.1/devicemgmt/{device.did}/results",
+            "properties": f"/v1.1/devicemgmt/{device.did}/properties",
         }
         self.client: Any = None
         self.dropped: asyncio.Future[None] | None = None  # done when the current connection ends
@@ -339,7 +358,10 @@ class MqttLink:
         except aiomqtt.MqttError as exc:
             raise Rejected(f"connect: {exc}") from None  # refused, bad credentials (CONNACK), …
         try:
-            await client.subscribe([(self.topics["actions"], 1), (self.topics["errors"], 1)])
+            topics = [(self.topics["actions"], 1), (self.topics["errors"], 1)]
+            if self.on_task is not None:  # subscribing makes the device reachable for its tasks
+                topics.append((self.topics["tasks"], 1))
+            await client.subscribe(topics)
         except BaseException:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
@@ -392,6 +414,8 @@ class MqttLink:
         elif topic == self.topics["errors"]:
             code = body.get("error", {}).get("code") if isinstance(body, dict) else None
             self.on_error(self.device, code not in CONNECTION_ERRORS, _error_message(body))
+        elif topic == self.topics["tasks"] and self.on_task is not None:
+            self.on_task(self.device, body)
 
     def _drop(self) -> None:
         """The connection is gone: publishes still waiting for their PUBACK fail now (aiomqtt would
@@ -417,6 +441,13 @@ class MqttLink:
         if (error := publish.exception()) is not None:
             raise Lost(str(error) or type(error).__name__)
         return ""
+
+    async def send_management(self, kind: str, data: dict[str, Any]) -> None:
+        """A task result (``result``) or a properties report (``properties``), at QoS 1."""
+        client = self.client
+        if client is None:
+            raise Lost("not connected")
+        await client.publish(self.topics[kind], json.dumps(data), qos=1, timeout=ACK_TIMEOUT)
 
     async def close(self) -> None:
         self.closing = True

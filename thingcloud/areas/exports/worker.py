@@ -2,12 +2,14 @@
 
 Reading a million messages, building their JSON or CSV and gzipping the result costs seconds of CPU.
 Inside the server process it would share the event loop (and the GIL) with ingest, which it measurably
-slowed by more than half on one core. In a child process started with ``nice`` ``NICENESS``, the kernel
-gives it only what ingest leaves: the full core when the server is idle, about a tenth of it when
-ingest saturates the core. The child opens its own connections to the same database and reports the
-archive's md5, size and message count as one JSON line on stdout. If the job is cancelled (shutdown,
-lost lease) the child is killed with it; if the server dies, the kernel closes the child's stdin and
-the child exits at once; the retried job starts the archive over.
+slowed by more than half on one core. In a child process at the niceness ``export_niceness`` (19 by
+default), the kernel gives it only what ingest leaves: the full core when the server is idle, and
+about 1.5 % of it (CFS weight 15 against 1,024) when ingest saturates the core — live traffic first,
+exports in its gaps. At niceness 10 (weight 110) ingest lost 17 % of its throughput while exports
+ran (BENCHMARKS.md), against a goal of at most 10 %. The child opens its own connections to the same
+database and reports the archive's md5, size and message count as one JSON line on stdout. If the
+job is cancelled (shutdown, lost lease) the child is killed with it; if the server dies, the kernel
+closes the child's stdin and the child exits at once; the retried job starts the archive over.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from thingcloud.db import Database
 from thingcloud.runtime import Runtime
 from thingcloud.settings import Settings
 
-NICENESS = 10  # CFS weight 110 against 1024: about 10 % of a core contended, all of it otherwise
 STDERR_TAIL = 2000
 
 
@@ -35,6 +36,7 @@ async def make_archive(rt: Runtime, export_id: str, plan: Plan, directory: Path)
     """Run the worker for one export and wait for its archive."""
     spec = {
         "database_url": rt.settings.resolved_database_url,
+        "niceness": rt.settings.export_niceness,
         "data_dir": str(rt.settings.data_dir),
         "export_id": export_id,
         "directory": str(directory),
@@ -93,8 +95,8 @@ def _exit_with_parent() -> None:
 
 
 def main() -> None:
-    os.nice(NICENESS)
     spec = json.loads(sys.stdin.buffer.readline())
+    os.nice(int(spec.get("niceness", 19)))
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     made = asyncio.run(_work(spec))
     print(

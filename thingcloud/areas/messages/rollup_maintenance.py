@@ -9,6 +9,7 @@ import asyncio
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, text, tuple_
@@ -92,31 +93,6 @@ async def _snapshot(rt: Runtime, sdid: str) -> AsyncIterator[AsyncConnection]:
             raise
 
 
-async def _rebuild_days(
-    conn: AsyncConnection, sdid: str, paths: list[str], days: Iterable[int], seq: int
-) -> None:
-    """Each day row from its 24 hour rows; none while an hour has no row (the day is then read from
-    its hours and the raw messages)."""
-    r = t.message_rollups
-    for day in sorted(set(days)):
-        span = (r.c.sdid == sdid, r.c.bucket >= day, r.c.bucket < day + DAY_MS)
-        await conn.execute(delete(r).where(*span, r.c.size == DAY_MS))
-        for path in paths:
-            rows = (
-                await conn.execute(
-                    select(r.c.n, r.c.total, r.c.low, r.c.high, r.c.m2, r.c.max_cts)
-                    .where(*span, r.c.path == path, r.c.size == HOUR_MS)
-                    .order_by(r.c.bucket)
-                )
-            ).all()
-            if len(rows) < DAY_MS // HOUR_MS:
-                continue
-            total = Stats()
-            for row in rows:
-                total.merge(Stats(*row))
-            await conn.execute(insert(r), [_row(sdid, path, DAY_MS, day, total, seq)])
-
-
 async def recompute(rt: Runtime, sdid: str, hours: set[int], paths: list[str] | None = None) -> None:
     """Recompute the hour rows of ``hours`` (and of any hour of their days without rows) from the raw
     messages, then the rows of their days; idempotent. ``paths``: the device's numeric field paths
@@ -153,7 +129,7 @@ async def recompute(rt: Runtime, sdid: str, hours: set[int], paths: list[str] | 
                 await conn.execute(
                     insert(r), [_row(sdid, path, HOUR_MS, h, fresh.get(h, Stats()), covered) for h in todo]
                 )
-        await _rebuild_days(conn, sdid, paths, days, covered)
+        await _rebuild_days_of(conn, {sdid: set(days)}, {sdid: paths}, covered)
 
 
 def number_at(data: Any, path: str) -> float | None:
@@ -182,55 +158,94 @@ def _of(values: list[tuple[float, int]]) -> Stats:
     )
 
 
-async def _apply_batch(
-    conn: AsyncConnection, plans: list[tuple[str, list[str], list[FeedEntry]]]
-) -> dict[str, set[int]]:
-    """Add a feed batch's message entries to their devices' hour rows and rebuild the rows of their
-    days, each entry only to rows that do not cover its seq yet (the feed is at least once). A few
-    statements per batch whatever the number of devices (executemany), since on SQLite the batch
-    holds the writer the ingest waits for. Returns, per device, the hours without rows: recomputed
-    from the raw messages afterwards. No raw scan for the live case: the values are in the entries."""
-    r = t.message_rollups
-    hours_of: dict[str, dict[int, list[FeedEntry]]] = {}
+@dataclass
+class HourValues:
+    """A feed batch's values for one device hour: each numeric path's stats over all of the batch's
+    entries (``whole``), and the entries, for the rare replay that a row already partly covers."""
+
+    entries: list[FeedEntry]
+    first: int  # lowest seq among the entries
+    newest: int  # highest
+    whole: dict[str, Stats]
+
+
+def hour_values(plans: list[tuple[str, list[str], list[FeedEntry]]]) -> dict[tuple[str, int], HourValues]:
+    """Group a batch's message entries by device hour and reduce each path's values to Stats: the
+    per-message Python work of a batch, done before the write transaction (in a worker thread, so it
+    neither holds the SQLite writer that ingest waits for nor stalls the event loop)."""
+    grouped: dict[tuple[str, int], list[FeedEntry]] = {}
     for sdid, _, entries in plans:
-        by_hour = hours_of.setdefault(sdid, {})
         for entry in entries:
             ts = int(entry.payload["ts"])
-            by_hour.setdefault(ts - ts % HOUR_MS, []).append(entry)
+            grouped.setdefault((sdid, ts - ts % HOUR_MS), []).append(entry)
+    paths_of = {sdid: paths for sdid, paths, _ in plans}
+    out: dict[tuple[str, int], HourValues] = {}
+    for (sdid, hour), found in grouped.items():
+        seqs = [e.seq for e in found]
+        whole = {}
+        for path in paths_of[sdid]:
+            values = _values(found, path, 0)
+            if values:
+                whole[path] = _of(values)
+        out[(sdid, hour)] = HourValues(found, min(seqs), max(seqs), whole)
+    return out
+
+
+def _values(entries: list[FeedEntry], path: str, after: int) -> list[tuple[float, int]]:
+    return [
+        (v, int(e.payload.get("cts") or 0))
+        for e in entries
+        if e.seq > after and (v := number_at(e.payload.get("data"), path)) is not None
+    ]
+
+
+async def _apply_batch(
+    conn: AsyncConnection,
+    plans: list[tuple[str, list[str], list[FeedEntry]]],
+    prepared: dict[tuple[str, int], HourValues],
+) -> dict[str, set[int]]:
+    """Add a feed batch's message entries (``prepared`` by ``hour_values``) to their devices' hour
+    rows and rebuild the rows of their days, each entry only to rows that do not cover its seq yet
+    (the feed is at least once). A few statements per batch whatever the number of devices
+    (executemany), since on SQLite the batch holds the writer the ingest waits for. Returns, per
+    device, the hours without rows: recomputed from the raw messages afterwards. No raw scan for the
+    live case: the values are in the entries."""
+    r = t.message_rollups
     for sdid, _, _ in plans:  # plans come sorted by device: a fixed lock order
         await _lock(conn, sdid)
-    keys = [(sdid, hour) for sdid, by_hour in hours_of.items() for hour in by_hour]
     rows = {
         (row.sdid, row.path, int(row.bucket)): row
         for row in await conn.execute(
-            select(r).where(r.c.size == HOUR_MS, tuple_(r.c.sdid, r.c.bucket).in_(keys))
+            select(r).where(r.c.size == HOUR_MS, tuple_(r.c.sdid, r.c.bucket).in_(list(prepared)))
         )
     }
+    hours_of: dict[str, list[tuple[int, HourValues]]] = {}
+    for (sdid, hour), batch in prepared.items():
+        hours_of.setdefault(sdid, []).append((hour, batch))
     missing: dict[str, set[int]] = {}
     updates: list[dict[str, Any]] = []
     touched_days: dict[str, set[int]] = {}
     for sdid, paths, _ in plans:
-        for hour, found in hours_of[sdid].items():
-            newest = max(e.seq for e in found)
+        for hour, batch in hours_of.get(sdid, []):
             for path in paths:
                 row = rows.get((sdid, path, hour))
                 if row is None:
                     missing.setdefault(sdid, set()).add(hour)
                     continue
-                if newest <= row.seq:
+                if batch.newest <= row.seq:
                     continue  # handed over again
-                values = [
-                    (v, int(e.payload.get("cts") or 0))
-                    for e in found
-                    if e.seq > row.seq and (v := number_at(e.payload.get("data"), path)) is not None
-                ]
+                if batch.first > row.seq:
+                    added = batch.whole.get(path)
+                else:  # partly covered already (a replay): only the entries after the row's seq
+                    values = _values(batch.entries, path, row.seq)
+                    added = _of(values) if values else None
                 total = Stats(row.n, row.total, row.low, row.high, row.m2, row.max_cts)
-                if values:
-                    total.merge(_of(values))
+                if added is not None:
+                    total.merge(added)
                 updates.append(
                     {
                         f"k_{k}" if k in KEY else k: v
-                        for k, v in _row(sdid, path, HOUR_MS, hour, total, newest).items()
+                        for k, v in _row(sdid, path, HOUR_MS, hour, total, batch.newest).items()
                     }
                 )
                 touched_days.setdefault(sdid, set()).add(hour - hour % DAY_MS)
@@ -241,7 +256,7 @@ async def _apply_batch(
             .values({c: bindparam(c) for c in ("n", "total", "low", "high", "m2", "max_cts", "seq")}),
             updates,
         )
-    newest = max(e.seq for _, _, entries in plans for e in entries)
+    newest = max(batch.newest for batch in prepared.values())
     days = {
         sdid: touched - {h - h % DAY_MS for h in missing.get(sdid, set())}  # those: after recompute
         for sdid, touched in touched_days.items()
@@ -255,8 +270,9 @@ async def _apply_batch(
 async def _rebuild_days_of(
     conn: AsyncConnection, days: dict[str, set[int]], paths: dict[str, list[str]], seq: int
 ) -> None:
-    """``_rebuild_days`` for several devices at once: one read of their hour rows, one delete and one
-    insert (each executemany)."""
+    """Each day row of ``days`` (per device) from its 24 hour rows; none while an hour has no row (the
+    day is then read from its hours and the raw messages). One read of the devices' hour rows, one
+    delete and one insert (each executemany), whatever the number of devices."""
     if not days:
         return
     r = t.message_rollups
@@ -375,10 +391,11 @@ async def on_entries(rt: Runtime, entries: list[FeedEntry]) -> None:
         else:
             plans.append((sdid, paths, mine[sdid]))
     r = t.message_rollups
+    prepared = await asyncio.to_thread(hour_values, plans)
     async with rt.db.write() as conn:
         if gone:
             await conn.execute(delete(r).where(r.c.sdid.in_(gone)))
-        missing = await _apply_batch(conn, plans) if plans else {}
+        missing = await _apply_batch(conn, plans, prepared) if plans else {}
     paths_of = {sdid: paths for sdid, paths, _ in plans}
     for sdid, hours in sorted(missing.items()):
         await recompute(rt, sdid, hours, paths_of[sdid])

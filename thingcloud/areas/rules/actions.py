@@ -74,10 +74,14 @@ async def plan(rt: Runtime, row: Any, program: Program, matched: dict[str, str])
     return out
 
 
-async def send(rt: Runtime, row: Any, planned: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def send(
+    rt: Runtime, row: Any, planned: list[dict[str, Any]], principal: Principal | None = None
+) -> list[dict[str, Any]]:
     """Send planned actions one by one; each result is ``{"ddid", "name", "mid"}`` or has an ``error``
-    (a target deleted meanwhile, a parameter the manifest refuses): the others are still sent."""
-    principal = rule_principal(row)
+    (a target deleted meanwhile, a parameter the manifest refuses): the others are still sent. A rule
+    sends with its owner's rights (``rule_principal``); a Scene activated through the API, with the
+    caller's (``principal``)."""
+    principal = principal or rule_principal(row)
     results = []
     for item in planned:
         body = {
@@ -89,7 +93,9 @@ async def send(rt: Runtime, row: Any, planned: list[dict[str, Any]]) -> list[dic
             mid = await ingest(rt, principal, body)
             results.append({"ddid": item["ddid"], "name": item["name"], "mid": mid})
         except Exception as exc:
-            log.warning("rule %s: action %s to %s failed: %s", row["id"], item["name"], item["ddid"], exc)
+            log.warning(
+                "rule/scene %s: action %s to %s failed: %s", row["id"], item["name"], item["ddid"], exc
+            )
             results.append(
                 {"ddid": item["ddid"], "name": item["name"], "error": str(exc) or type(exc).__name__}
             )

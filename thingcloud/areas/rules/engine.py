@@ -17,6 +17,7 @@ message — and rate-limited per rule). The states a feed batch changes are writ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from sqlalchemy import Text, cast, select, update
 from thingcloud import tables as t
 from thingcloud.areas.rules import actions as rule_actions
 from thingcloud.areas.rules.evaluation import evaluate
-from thingcloud.areas.rules.firing import fire, new_trace, record_traces
+from thingcloud.areas.rules.firing import fire, living_rules, new_trace, write_traces
 from thingcloud.areas.rules.language import Condition, Program
+from thingcloud.areas.scenes import service as scenes
 from thingcloud.errors import ApiError
 from thingcloud.feed import FeedEntry
 
@@ -163,31 +165,57 @@ async def holds(
     return True, matched, "all conditions hold"
 
 
-async def save_states(rt: Runtime, changed: list[dict[str, Any]]) -> None:
-    """Write condition states (upserts) in one transaction; a rule deleted meanwhile is skipped."""
-    if not changed:
+async def save_batch(
+    rt: Runtime, changed: list[dict[str, Any]], traces: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """A feed batch's condition states (upserts, one executemany) and trace entries, in one
+    transaction; a rule deleted meanwhile is skipped. One transaction rather than a statement per
+    state and a transaction each: on SQLite every write transaction waits for, and makes wait, the
+    ingest writer."""
+    if not changed and not traces:
         return
     s = t.rule_states
     async with rt.db.write() as conn:
-        alive = set(
-            (
-                await conn.execute(
-                    select(t.rules.c.id).where(t.rules.c.id.in_({c["rule_id"] for c in changed}))
-                )
-            )
-            .scalars()
-            .all()
-        )
-        for state in changed:
-            if state["rule_id"] not in alive:
-                continue
-            stmt = rt.db.upsert(s).values(**state)
+        alive = await living_rules(conn, {c["rule_id"] for c in changed} | {r for r, _ in traces})
+        states = [c for c in changed if c["rule_id"] in alive]
+        if states:
+            stmt = rt.db.upsert(s)
             await conn.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["rule_id", "cond", "did"],
-                    set_={k: state[k] for k in ("result", "since", "value", "ts")},
-                )
+                    set_={k: stmt.excluded[k] for k in ("result", "since", "value", "ts")},
+                ),
+                states,
             )
+        await write_traces(rt, conn, [(r, e) for r, e in traces if r in alive])
+
+
+@dataclass
+class Firing:
+    """A firing decided while evaluating a batch, sent once the batch's evaluation is done."""
+
+    compiled: Compiled
+    key: str
+    matched: dict[str, str]
+    trace: dict[str, Any]
+
+
+async def fire_all(rt: Runtime, firings: list[Firing]) -> None:
+    """Send a batch's firings: each rule's in order (its rate limit counts them one by one), different
+    rules concurrently, so their actions share group commits instead of waiting for each other's."""
+    by_rule: dict[str, list[Firing]] = defaultdict(list)
+    for firing in firings:
+        by_rule[firing.compiled.row["id"]].append(firing)
+
+    async def in_order(queue: list[Firing]) -> None:
+        for f in queue:
+            try:
+                await fire(rt, f.compiled.row, f.compiled.program, f.key, f.matched, f.trace)
+            except Exception as exc:  # one broken rule never stops the others
+                log.exception("rule %s failed to fire (%s)", f.compiled.row["id"], f.key)
+                f.trace.update(fired=False, reason=f"error: {exc}")
+
+    await asyncio.gather(*(in_order(queue) for queue in by_rule.values()))
 
 
 class RuleEngine:
@@ -254,23 +282,25 @@ class RuleEngine:
         }
         states = await load_states_of(self.rt, candidates)
         changed: dict[tuple[str, int, str], dict[str, Any]] = {}
+        firings: list[Firing] = []
         for entry in entries:
             if entry.kind == "device.deleted" and entry.did:
                 await self.invalidate_device(entry.did)
+                await scenes.invalidate_device(self.rt, entry.did)  # scenes go invalid the same way
             elif entry.kind == "message" and entry.did:
                 payload = entry.payload
                 for compiled in self.index.candidates(entry.did, str(payload.get("sdtid"))):
                     rule_id = compiled.row["id"]
                     try:
                         trace = await self.on_message(
-                            compiled, entry, states.setdefault(rule_id, {}), changed
+                            compiled, entry, states.setdefault(rule_id, {}), changed, firings
                         )
                         traces.append((rule_id, trace))
                     except Exception as exc:  # one broken rule never stops the others
                         log.exception("rule %s failed on feed seq %d", rule_id, entry.seq)
                         traces.append((rule_id, new_trace(self.rt, "message", entry, [], f"error: {exc}")))
-        await save_states(self.rt, list(changed.values()))
-        await record_traces(self.rt, traces)
+        await fire_all(self.rt, firings)
+        await save_batch(self.rt, list(changed.values()), traces)
 
     async def on_message(
         self,
@@ -278,9 +308,11 @@ class RuleEngine:
         entry: FeedEntry,
         states: dict[tuple[int, str], dict[str, Any]],
         changed: dict[tuple[str, int, str], dict[str, Any]],
+        firings: list[Firing],
     ) -> dict[str, Any]:
         """Evaluate one rule on one message: update its condition states (in ``states``, noted in
-        ``changed`` for the batch's write), arm duration timers, fire if it now holds."""
+        ``changed`` for the batch's write), arm duration timers, and if it now holds add its firing
+        to ``firings`` (sent after the batch's evaluation, ``fire_all``, which completes the trace)."""
         from thingcloud.areas.rules import timers
 
         rt, row, program = self.rt, compiled.row, compiled.program
@@ -345,7 +377,8 @@ class RuleEngine:
         if not ok:
             trace["reason"] = why
             return trace
-        await fire(rt, row, program, f"seq:{entry.seq}", matched, trace)
+        trace["reason"] = "all conditions hold"
+        firings.append(Firing(compiled, f"seq:{entry.seq}", matched, trace))
         return trace
 
     async def invalidate_device(self, did: str) -> None:

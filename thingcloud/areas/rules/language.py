@@ -361,6 +361,20 @@ class _Compiler:
             return None
         return RuleAction(index, ActionTarget(ddid, selector, dtid), spec.name, parameters)
 
+    async def actions(self, raw: Any, path: str) -> list[RuleAction]:
+        """A non-empty list of actions (a rule's ``then``, a scene's ``actions``) at ``path``."""
+        actions: list[RuleAction] = []
+        if not isinstance(raw, list) or not raw:
+            self.fail(path, "A non-empty array of actions is required")
+        elif len(raw) > MAX_ACTIONS:
+            self.fail(path, f"At most {MAX_ACTIONS} actions")
+        else:
+            for i, item in enumerate(raw):
+                act = await self.action(item, i, f"{path}.{i}")
+                if act is not None:
+                    actions.append(act)
+        return actions
+
     def parameter(self, raw: Any, path: str) -> Operand | None:
         """A parameter: an operand, whose ``value`` may itself hold named operands (compound parameters)."""
         if isinstance(raw, dict) and set(raw) == {"value"} and isinstance(raw["value"], dict):
@@ -407,16 +421,7 @@ async def compile_rule(body: Any, lookup: Lookup) -> Program:
         cond = await c.condition(raw, i, f"{prefix}.{i}" if prefix == "if.and" else prefix)
         if cond is not None:
             conditions.append(cond)
-    actions: list[RuleAction] = []
-    if not isinstance(raw_then, list) or not raw_then:
-        c.fail("then", "A non-empty array of actions is required")
-    elif len(raw_then) > MAX_ACTIONS:
-        c.fail("then", f"At most {MAX_ACTIONS} actions")
-    else:
-        for i, raw in enumerate(raw_then):
-            act = await c.action(raw, i, f"then.{i}")
-            if act is not None:
-                actions.append(act)
+    actions = await c.actions(raw_then, "then")
     if c.errors:
         raise ValidationFailed(INVALID_RULE, c.errors)
     return Program(
@@ -426,3 +431,13 @@ async def compile_rule(body: Any, lookup: Lookup) -> Program:
         frozenset(x.source.sdid for x in conditions if x.source.sdid),
         frozenset(x.source.dtid for x in conditions if x.source.dtid),
     )
+
+
+async def compile_actions(raw: Any, lookup: Lookup, path: str, message: str) -> Program:
+    """A list of actions alone, checked exactly like a rule's ``then`` (errors at ``<path>.<i>…``):
+    the ``Program`` of a Scene, which has no conditions (so a ``matched`` target is refused)."""
+    c = _Compiler(lookup)
+    actions = await c.actions(raw, path)
+    if c.errors:
+        raise ValidationFailed(message, c.errors)
+    return Program((), tuple(actions), frozenset(c.devices))

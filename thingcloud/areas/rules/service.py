@@ -173,7 +173,8 @@ async def describe(rt: Runtime, program: Program) -> str:
     return ("IF " + " AND ".join(parts) + "\nTHEN " + " AND ".join(sends))[:DESCRIPTION_MAX]
 
 
-def check_fields(name: str | None, description: str | None, scope: str | None, creating: bool) -> None:
+def text_problems(name: str | None, description: str | None, creating: bool) -> list[FieldError]:
+    """``name`` (required on create, 1–64) and ``description`` (≤1400) of a rule or a scene."""
     problems = []
     if name is None and creating:
         problems.append(FieldError("name", ("Required parameter",)))
@@ -183,6 +184,11 @@ def check_fields(name: str | None, description: str | None, scope: str | None, c
         )
     if description is not None and len(description) > DESCRIPTION_MAX:
         problems.append(FieldError("description", (f"Maximum length {DESCRIPTION_MAX}",)))
+    return problems
+
+
+def check_fields(name: str | None, description: str | None, scope: str | None, creating: bool) -> None:
+    problems = text_problems(name, description, creating)
     if scope is not None and scope not in SCOPES:
         problems.append(FieldError("scope", ("Must be thisApplication or allApplications",)))
     if problems:

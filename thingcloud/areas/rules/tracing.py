@@ -1,6 +1,6 @@
 """Reading a rule's trace (beyond ARTIK): its recent evaluations, newest first.
 
-The engine and the timers write the entries (engine.record_traces), keeping the newest
+The engine and the timers write the entries (firing.write_traces), keeping about the newest
 ``rule_trace_entries`` per rule, so the trace is always on and its size is bounded per rule.
 """
 

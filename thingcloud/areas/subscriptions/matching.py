@@ -22,6 +22,7 @@ recorded and skips them, so a crash between commit and checkpoint adds nothing t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from thingcloud.runtime import Runtime
 log = logging.getLogger(__name__)
 
 CONSUMER = "subscriptions"
+FINGERPRINT_INTERVAL = 1.0  # seconds between checks for subscription changes no notification told of
 DELIVER_JOB = "subscriptions.deliver"
 
 
@@ -104,11 +106,19 @@ class Matcher:
         self.index = SubscriptionIndex()
         self.fingerprint: tuple[int, int] | None = None
         self.dirty = True
+        self._checked_at = float("-inf")
 
     async def on_changed(self, _subject: str, _payload: dict[str, Any]) -> None:
         self.dirty = True
 
     async def refresh(self) -> None:
+        """Reload the index when a ``subscriptions.changed`` notification said so; otherwise compare
+        the active subscriptions' fingerprint with the database at most once a second (a lost
+        notification), not once per feed batch (a read per batch, a hundred a second under load)."""
+        now = asyncio.get_running_loop().time()
+        if not self.dirty and now - self._checked_at < FINGERPRINT_INTERVAL:
+            return
+        self._checked_at = now
         s = t.subscriptions
         async with self.rt.db.read() as conn:
             row = (

@@ -28,7 +28,7 @@ from thingcloud.areas.devices import service as devices
 from thingcloud.areas.messages.service import ingest
 from thingcloud.auth.permissions import Access, check_device
 from thingcloud.auth.tokens import authenticate
-from thingcloud.channels import protocol
+from thingcloud.channels import devicemgmt, protocol
 from thingcloud.channels.connections import ChannelHub
 from thingcloud.channels.device_channel import presence, release
 from thingcloud.channels.mqtt import packets
@@ -74,6 +74,7 @@ class MqttSession(DeviceSession):
         self.did = did
         self.actions = False  # subscribed to /v1.1/actions/<did>
         self.errors = False  # subscribed to /v1.1/errors/<did>
+        self.tasks = False  # subscribed to /v1.1/devicemgmt/<did>/tasks (channels/devicemgmt.py)
         self.acks: deque[list[Any]] = deque()  # [packet id, stored?] of QoS 1 publishes, in order
         self.inflight: set[asyncio.Task[None]] = set()  # publishes being stored
 
@@ -120,6 +121,13 @@ class MqttSession(DeviceSession):
             data = action.get("data")
             actions = data.get("actions", []) if isinstance(data, dict) else []
             self.send(packets.publish(self.actions_topic, orjson.dumps(actions)))
+
+    def accepts_tasks(self, did: str) -> bool:
+        return self.tasks and did == self.did
+
+    def send_task(self, did: str, message: dict[str, Any]) -> None:
+        if self.tasks and did == self.did:
+            self.send(packets.publish(devicemgmt.tasks_topic(did), orjson.dumps(message)))
 
     def taken_over(self, did: str) -> None:
         self.report(protocol.replaced(did))
@@ -253,6 +261,8 @@ async def _run(session: MqttSession, reader: asyncio.StreamReader, keepalive: in
                         session.actions = False
                     elif topic == session.errors_topic:
                         session.errors = False
+                    elif topic == devicemgmt.tasks_topic(session.did):
+                        session.tasks = False
                 session.send(packets.unsuback(packet.packet_id))
             elif isinstance(packet, packets.Control):
                 if packet.kind == packets.PINGREQ:
@@ -288,7 +298,8 @@ async def _store(
 
 async def _ingest(session: MqttSession, packet: packets.Publish) -> None:
     rt, did = session.rt, session.did
-    if packet.topic != f"/v1.1/messages/{did}":
+    management = packet.topic in (devicemgmt.results_topic(did), devicemgmt.properties_topic(did))
+    if packet.topic != f"/v1.1/messages/{did}" and not management:
         raise Forbidden("You do not have publish permission to topic")
     entry = session.devices.get(did)
     if entry is None:
@@ -307,12 +318,17 @@ async def _ingest(session: MqttSession, packet: packets.Publish) -> None:
         raise BadRequest("Bad Request") from None
     if not isinstance(data, dict):
         raise BadRequest("Bad Request")
+    if management:
+        kind = devicemgmt.RESULT_FRAME if packet.topic.endswith("/results") else devicemgmt.PROPERTIES_FRAME
+        await devicemgmt.device_message(rt, did, kind, data)
+        return
     await ingest(rt, entry[0], {"sdid": did, "data": data})
 
 
 def _subscribe(session: MqttSession, packet: packets.Subscribe) -> None:
     codes: list[int] = []
     refused = False
+    ready = False
     for topic, _qos in packet.filters:
         # Granted at QoS 0: the cloud publishes actions and errors with QoS 0 (§5.3).
         if topic == session.actions_topic:
@@ -321,9 +337,15 @@ def _subscribe(session: MqttSession, packet: packets.Subscribe) -> None:
         elif topic == session.errors_topic:
             session.errors = True
             codes.append(0)
+        elif topic == devicemgmt.tasks_topic(session.did):
+            session.tasks = True
+            codes.append(0)
+            ready = True
         else:  # another device's topic, a wildcard, any other path: no delivery
             codes.append(packets.SUBACK_FAILURE)
             refused = True
     session.send(packets.suback(packet.packet_id, codes))
+    if ready:
+        devicemgmt.device_ready(session, session.did)
     if refused:
         session.report(Forbidden("You do not have subscribe permission to topic"))
