@@ -5,6 +5,7 @@ limits on the hot path, and the feed and bus events of each stored message."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -724,3 +725,24 @@ def test_a_device_deleted_on_another_node_fails_only_its_own_messages(tmp_path: 
     finally:
         second_thread.stop()
         first_thread.stop()
+
+
+def test_successful_device_data_is_not_access_logged_by_default(
+    live: LiveServer, client: httpx.Client, lamp: Lamp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``THINGCLOUD_ACCESS_LOG_DATA`` is off: a stored message is counted in /metrics but gets no
+    access-log line; a refused one, and every other request, still does."""
+    with caplog.at_level(logging.INFO, logger="thingcloud.access"):
+        stored = client.post("/v1.1/messages", headers=lamp.device, json={"data": {"temp": 20}})
+        refused = client.post("/v1.1/messages", headers=lamp.device, json={"data": "not an object"})
+        other = client.get(f"/v1.1/devices/{lamp.did}", headers=lamp.owner.headers)
+    assert (stored.status_code, refused.status_code, other.status_code) == (200, 400, 200)
+    logged = {
+        getattr(r, "fields", {}).get("path"): getattr(r, "fields", {}).get("status")
+        for r in caplog.records
+        if r.name == "thingcloud.access"
+    }
+    assert logged.get("/v1.1/messages") == 400  # only the refused one
+    assert logged.get(f"/v1.1/devices/{lamp.did}") == 200
+    metrics = client.get("/metrics").text
+    assert 'thingcloud_http_requests_total{method="POST",route="/v1.1/messages",status="200"}' in metrics

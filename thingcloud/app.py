@@ -147,7 +147,9 @@ def create_app(
     install_openapi(app, MESSAGES_OPENAPI)
     channels.install(app)
     app.add_middleware(HotPath, endpoints=messages_endpoints)
-    app.add_middleware(RequestContext, metrics=HttpMetrics(registry))
+    app.add_middleware(
+        RequestContext, metrics=HttpMetrics(registry), log_device_data=settings.access_log_data
+    )
     return app
 
 

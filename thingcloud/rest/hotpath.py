@@ -36,6 +36,7 @@ class HotPath:
             await self.app(scope, receive, send)
             return
         scope["route"] = _Template(scope["path"])  # the metrics label, as the router would set it
+        scope.setdefault("state", {})["device_data"] = True  # RequestContext: the access-log choice
         try:
             response = await endpoint(Request(scope, receive))
         except ClientDisconnect:

@@ -85,10 +85,15 @@ def subscription_query(sub: dict[str, Any]) -> dict[str, Any]:
 @job(DELIVER_JOB, slots=lambda settings: settings.notification_concurrency)
 async def deliver(rt: Runtime, job: Job) -> dict[str, Any] | None:
     nid = job.payload["nid"]
-    async with rt.db.write() as conn:
-        # Close the batch: from here on new messages open the subscription's next notification.
-        await conn.execute(update(_n).where(_n.c.id == nid, _n.c.status == "open").values(status="sending"))
+    async with rt.db.read() as conn:
         notification = (await conn.execute(select(_n).where(_n.c.id == nid))).mappings().first()
+    if notification is not None and notification["status"] == "open":
+        async with rt.db.write() as conn:
+            # Close the batch: from here on new messages open the subscription's next notification.
+            await conn.execute(
+                update(_n).where(_n.c.id == nid, _n.c.status == "open").values(status="sending")
+            )
+            notification = (await conn.execute(select(_n).where(_n.c.id == nid))).mappings().first()
     if notification is None or notification["status"] != "sending":
         return {"skipped": "gone or done"}
     sub = await _subscription(rt, notification["sid"])

@@ -219,7 +219,9 @@ class Matcher:
                             "id": nid,
                             "sid": target.id,
                             "kind": entry.kind,
-                            "status": "open",
+                            # An action's notification holds that action only: it is closed
+                            # from the start, and its delivery needs no write to close it.
+                            "status": "sending" if entry.kind == "action" else "open",
                             "start_date": ts,
                             "end_date": ts,
                             "first_cts": int(entry.payload.get("cts") or entry.created_on or now),
