@@ -44,8 +44,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export import reset_postgres
-from ingest import PYTHON, RssSampler, free_port, start_server, stop, wait_up
-from queries import percentile
+from ingest import PYTHON, RssSampler, free_port, percentile, start_server, stop, wait_up
 
 MANIFEST = {
     "serverProperties": {

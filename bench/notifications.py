@@ -53,6 +53,7 @@ from ingest import (
     PYTHON,
     ensure_wrk,
     free_port,
+    percentile,
     reset_postgres,
     run_wrk,
     start_server,
@@ -265,13 +266,6 @@ class Backlog:
             "retried": float(retried or 0),
             "suspended": float(suspended or 0),
         }
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
 # --- the phases ------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import PYTHON, RssSampler, free_port, start_server, stop, wait_up
+from ingest import PYTHON, RssSampler, free_port, percentile, start_server, stop, wait_up
 
 MINUTE = 60_000
 DAY = 86_400_000
@@ -202,11 +202,6 @@ async def load(cloud: dict[str, Any], per_device: int, analytics_days: int, end:
             await sa_conn.execution_options(isolation_level="AUTOCOMMIT")
             await sa_conn.execute(text("VACUUM ANALYZE"))
     await rt.db.close()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def measure(
